@@ -1,0 +1,1 @@
+"""Prefect blocks: saved configuration that decides where the benchmark's data lives."""

@@ -1,0 +1,104 @@
+"""The `detect` flow: one MLPerf object-detection benchmark run, with the axs workflow's parameter names.
+
+    python -m flows.detect --model_name retinanet --loadgen_dataset_size 20 --json
+    prefect deployment run detect/onnx -p model_name=retinanet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from typing import Any
+
+from prefect import flow
+
+from blocks.storage import resolve_storage
+from odbench.cli import add_param_arguments, params_from_args
+from odbench.dataset import parse_dataset_url
+from odbench.params import BenchmarkParams
+from odbench.report import terminal_summary
+from odbench.benchmark import BenchmarkResult
+from tasks.data import download_dataset, preprocess_images
+from tasks.inference import run_inference
+from tasks.model import fetch_model
+from tasks.report import publish_artifacts
+
+D = BenchmarkParams()  # the defaults, declared once
+
+
+@flow(name="detect", log_prints=True)
+def detect(
+    model_name: str = D.model_name,
+    loadgen_dataset_size: int = D.loadgen_dataset_size,
+    loadgen_buffer_size: int = D.loadgen_buffer_size,
+    loadgen_scenario: str = D.loadgen_scenario,
+    loadgen_mode: str = D.loadgen_mode,
+    loadgen_target_qps: float | None = D.loadgen_target_qps,
+    loadgen_target_latency: float | None = D.loadgen_target_latency,
+    loadgen_count_override: int | None = D.loadgen_count_override,
+    loadgen_min_duration_s: float | None = D.loadgen_min_duration_s,
+    loadgen_max_duration_s: float | None = D.loadgen_max_duration_s,
+    execution_device: str = D.execution_device,
+    cpu_threads: int = D.cpu_threads,
+    dataset_url: str | None = D.dataset_url,
+    model_url: str | None = D.model_url,
+    model_md5: str | None = D.model_md5,
+    storage_block: str | None = None,
+    storage_url: str | None = None,
+) -> dict[str, Any]:
+    """Fetch COCO and the model, preprocess, run LoadGen, score mAP, publish artifacts.
+
+    dataset_url: unset for the official COCO archives, `synthetic`, or a COCO-layout folder URL.
+    model_url: unset for the registry's URL, `standin`, or any model file URL (model_md5 optional).
+    storage_block / storage_url: a saved BenchmarkStorage block, or a root URL (default: local cache).
+    """
+    arguments = locals()
+    params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})
+    block = resolve_storage(storage_block, storage_url)
+    storage, cached = block.storage(), {"result_storage": block.result_storage()}
+    source = parse_dataset_url(dataset_url, loadgen_dataset_size)
+    states = {}
+
+    def run(task, *args):
+        state = task.with_options(**cached)(*args, storage=storage, return_state=True)
+        states[task.name] = state.name
+        return state.result()
+
+    manifest = run(download_dataset, source, loadgen_dataset_size)
+    run(preprocess_images, manifest, params.spec.resolution)
+    model = run(fetch_model, params.spec, model_url, model_md5)
+    result = run(run_inference, params, manifest, model)
+    publish_artifacts(result)
+    return {**result.to_json(), "task_states": states}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.detect", description=detect.__doc__.splitlines()[0])
+    add_param_arguments(parser)
+    parser.add_argument("--storage_block", help="name of a saved BenchmarkStorage block")
+    parser.add_argument("--storage_url", help="storage root URL (default: $ODBENCH_STORAGE_URL or ~/.cache/odbench)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        out = detect(**params_from_args(args), storage_block=args.storage_block, storage_url=args.storage_url)
+    except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero
+        print(f"detect failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    states = out.pop("task_states")
+    print(terminal_summary(BenchmarkResult(**out)))
+    print("tasks        " + ", ".join(f"{name}: {state}" for name, state in states.items()))
+    if args.json:
+        print(json.dumps({**out, "task_states": states}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

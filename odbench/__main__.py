@@ -1,0 +1,5 @@
+import sys
+
+from odbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""onnxruntime sessions: choosing the execution provider honestly and running one model input."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+
+from odbench.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DEVICE_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+DEVICES = ("", "auto", *DEVICE_PROVIDERS)
+
+
+class ProviderUnavailableError(RuntimeError):
+    pass
+
+
+class Backend(Protocol):
+    """What the SUT needs of an inference engine: one preprocessed input in, raw detections out."""
+
+    providers: list[str]
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Model outputs as (boxes [K,4], scores [K], labels [K]) in the model's own convention."""
+        ...
+
+
+def _gpu_present() -> bool:
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+def requested_providers(execution_device: str) -> list[str]:
+    """The provider list to ask onnxruntime for, for an execution_device value."""
+    import onnxruntime as ort
+
+    device = execution_device.lower()
+    if device not in DEVICES:
+        raise ValueError(f"unknown execution_device {execution_device!r}; use one of: auto, "
+                         + ", ".join(DEVICE_PROVIDERS))
+    available = ort.get_available_providers()
+    if device in ("", "auto"):
+        gpu = "CUDAExecutionProvider" in available and _gpu_present()
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    wanted = DEVICE_PROVIDERS[device]
+    if wanted not in available:
+        raise ProviderUnavailableError(
+            f"execution_device={execution_device} needs {wanted}, which this onnxruntime build lacks "
+            f"(it has {', '.join(available)}); use execution_device=auto or cpu")
+    return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    """An onnxruntime session for one model; reports the providers that actually run."""
+
+    def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0):
+        import onnxruntime as ort
+
+        wanted = requested_providers(execution_device)
+        if "CUDAExecutionProvider" in wanted and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model, sess_options=options, providers=wanted)
+        self.providers = self.session.get_providers()
+        self._check_provider(execution_device, wanted)
+        self.spec = spec
+        self._outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
+
+    def _check_provider(self, execution_device: str, wanted: list[str]) -> None:
+        """An explicit device that could not load is an error; auto's fallback is logged."""
+        if wanted[0] in self.providers:
+            log.info("onnxruntime providers: %s", ", ".join(self.providers))
+            return
+        if execution_device.lower() in ("", "auto"):
+            log.warning("%s could not load; running on %s", wanted[0], ", ".join(self.providers))
+            return
+        raise ProviderUnavailableError(
+            f"execution_device={execution_device}: {wanted[0]} could not load on this machine "
+            f"(onnxruntime fell back to {', '.join(self.providers)}); check the GPU driver and CUDA/cuDNN "
+            "libraries, or use execution_device=auto or cpu")
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, scores, labels = self.session.run(self._outputs, {self.spec.input.name: x})
+        return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

@@ -1,0 +1,58 @@
+"""The command line of the Prefect-free core: `python -m odbench --model_name retinanet ...`.
+
+Every BenchmarkParams field is an option of the same name; the flow's command line reuses these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+from odbench.params import BenchmarkParams
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int / float / str from `int`, `float | None`, ... (annotations are strings here)."""
+    hint = eval(annotation, {}) if isinstance(annotation, str) else annotation  # noqa: S307 — our own literals
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def add_param_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchmarkParams()
+    for f in fields(BenchmarkParams):
+        parser.add_argument(f"--{f.name}", type=_scalar_type(f.type), default=getattr(defaults, f.name),
+                            help=f"default: {getattr(defaults, f.name)!r}")
+
+
+def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(BenchmarkParams)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from odbench.benchmark import BenchmarkResult, run_benchmark
+    from odbench.report import terminal_summary
+    from odbench.storage import Storage, default_storage_url
+
+    parser = argparse.ArgumentParser(prog="python -m odbench", description="ONNX detection benchmark, no Prefect")
+    add_param_arguments(parser)
+    parser.add_argument("--storage_url", default=default_storage_url())
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result: BenchmarkResult = run_benchmark(BenchmarkParams(**params_from_args(args)), Storage(args.storage_url))
+    except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero
+        print(f"benchmark failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(terminal_summary(result))
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0

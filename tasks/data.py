@@ -1,0 +1,50 @@
+"""Tasks that bring COCO into storage and preprocess it at a model's resolution."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from odbench import dataset
+from odbench.dataset import DatasetManifest, DatasetSource
+from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
+from odbench.storage import Storage
+
+
+def _download_key(_: TaskRunContext, p: dict) -> str:
+    return f"download|{p['storage'].url}|{dataset.fingerprint(p['source'], p['dataset_size'])}"
+
+
+def _preprocess_key(_: TaskRunContext, p: dict) -> str:
+    return f"preprocess|{p['storage'].url}|{p['manifest'].digest}|{p['resolution']}|v{PREPROCESS_VERSION}"
+
+
+class _Progress:
+    """A Prefect progress artifact fed by a core step's (done, total) callback."""
+
+    def __init__(self, what: str):
+        self.what, self.artifact, self.last = what, create_progress_artifact(0.0, description=what), -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100.0 * done / max(total, 1)
+        if percent - self.last >= 5 or done == total:
+            update_progress_artifact(self.artifact, percent)
+            get_run_logger().info("%s: %d/%d", self.what, done, total)
+            self.last = percent
+
+
+@task(name="download", cache_key_fn=_download_key, persist_result=True)
+def download_dataset(source: DatasetSource, dataset_size: int, storage: Storage) -> DatasetManifest:
+    """The annotation file and the first N images of the source, verified, in storage."""
+    get_run_logger().info("fetching the first %d images of %s into %s", dataset_size, source.describe(), storage.uri())
+    return dataset.ingest(source, dataset_size, storage, _Progress(f"download {dataset_size} images"))
+
+
+@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
+def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Storage) -> PreprocessedSet:
+    """Every image of the manifest as uint8 RGB at resolution x resolution, in storage."""
+    done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px"))
+    get_run_logger().info("%d images at %dpx (%d new)", done.count, resolution, done.created)
+    return done

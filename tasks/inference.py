@@ -1,0 +1,34 @@
+"""The LoadGen run as a task: cached in AccuracyOnly (same model, data and settings give the same
+detections), never in PerformanceOnly (a timing is a measurement, not a function of its inputs)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from odbench import benchmark
+from odbench.benchmark import BenchmarkResult
+from odbench.dataset import DatasetManifest
+from odbench.model_store import StoredModel
+from odbench.params import BenchmarkParams
+from odbench.storage import Storage
+
+
+def _inference_key(_: TaskRunContext, p: dict) -> str | None:
+    params: BenchmarkParams = p["params"]
+    if params.loadgen_mode != "AccuracyOnly":
+        return None
+    return "|".join(["inference", p["storage"].url, p["model"].md5, p["manifest"].digest,
+                     repr(params.loadgen_config), params.execution_device.lower(), str(params.cpu_threads)])
+
+
+@task(name="inference", cache_key_fn=_inference_key, persist_result=True)
+def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
+                  storage: Storage) -> BenchmarkResult:
+    """LoadGen over the preprocessed samples; logs and result.json land in the run's folder."""
+    logger = get_run_logger()
+    logger.info("LoadGen %s / %s over %d samples", params.loadgen_scenario, params.loadgen_mode, manifest.size)
+    result = benchmark.run_inference(params, manifest, model, storage)
+    logger.info("mAP %s, samples/s %s, providers %s", result.mAP, result.samples_per_second, result.providers)
+    return result

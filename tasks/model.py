@@ -1,0 +1,26 @@
+"""The task that brings a model file into storage and validates it against its spec."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from odbench import model_store
+from odbench.model_store import StoredModel
+from odbench.models import ModelSpec
+from odbench.storage import Storage
+
+
+def _model_key(_: TaskRunContext, p: dict) -> str:
+    spec: ModelSpec = p["spec"]
+    return f"model|{p['storage'].url}|{spec.name}|{model_store.fingerprint(spec, p['model_url'], p['model_md5'])}"
+
+
+@task(name="fetch-model", cache_key_fn=_model_key, persist_result=True)
+def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:
+    """The model file (registry URL, any URL, or the stand-in), validated, in storage."""
+    model = model_store.fetch_model(spec, model_url, model_md5, storage)
+    kind = "STAND-IN " if model.stand_in else ""
+    get_run_logger().info("%smodel %s md5 %s at %s", kind, spec.name, model.md5, storage.uri(model.rel))
+    return model
