@@ -1,0 +1,80 @@
+"""Shared fixtures. Prefect and storage are pointed at temporary folders before anything imports them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="odbench-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["ODBENCH_STORAGE_URL"] = str(_SESSION_TMP / "default-storage")
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT.parent / "shared" / "data" / "coco2017-val-mini"
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    """The 80 real COCO val2017 images of the shared folder (skipped where it is absent)."""
+    if not (MINI / "annotations" / "instances_val2017.json").exists():
+        pytest.skip(f"the real mini COCO set is not at {MINI}")
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from odbench.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synthetic") / "coco", num_images=40, seed=0)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    from odbench.storage import Storage
+
+    return Storage(str(tmp_path / "storage"))
+
+
+def stored_files(storage) -> list[str]:
+    """Every file under a storage root, relative to it."""
+    root = Path(storage.root)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (the test harness: a temporary server on SQLite) for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def serve_dir():
+    """Serve folders over HTTP on loopback: `serve_dir(path)` returns the base URL."""
+    import functools
+    import http.server
+    import threading
+
+    servers = []
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    def start(directory: Path) -> str:
+        handler = functools.partial(QuietHandler, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

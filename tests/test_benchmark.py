@@ -1,0 +1,127 @@
+"""The Prefect-free benchmark on the stand-ins: every scenario x mode, providers, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, stored_files
+
+from odbench.backend import OnnxBackend, ProviderUnavailableError
+from odbench.benchmark import run_benchmark
+from odbench.coco import DatasetTooSmallError
+from odbench.loadgen_log import summarize
+from odbench.models import UnknownModelError, get_spec
+from odbench.params import BenchmarkParams
+from odbench.standin import build_standin
+from odbench.storage import Storage
+from odbench.validation import ModelContractError
+
+N = 12
+
+
+def _params(synthetic_dir: Path, **overrides) -> BenchmarkParams:
+    return BenchmarkParams(**{"loadgen_dataset_size": N, "model_url": "standin",
+                              "dataset_url": str(synthetic_dir), "execution_device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def shared_storage(tmp_path_factory) -> Storage:
+    return Storage(str(tmp_path_factory.mktemp("bench-storage")))
+
+
+@pytest.mark.parametrize("model_name", ["ssd_resnet34", "retinanet"])
+@pytest.mark.parametrize("scenario", ["Offline", "SingleStream"])
+@pytest.mark.parametrize("mode", ["AccuracyOnly", "PerformanceOnly"])
+def test_every_scenario_and_mode_on_both_standins(synthetic_dir, shared_storage, model_name, scenario, mode):
+    params = _params(synthetic_dir, model_name=model_name, loadgen_scenario=scenario, loadgen_mode=mode,
+                     loadgen_count_override=24 if mode == "PerformanceOnly" else None)
+    result = run_benchmark(params, shared_storage)
+    run_dir = Path(shared_storage.path(f"runs/{result.run_id}"))
+    assert {"mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf",
+            "result.json"} <= {p.name for p in run_dir.iterdir()}
+    assert json.loads((run_dir / "result.json").read_text())["run_id"] == result.run_id
+    assert result.stand_in and result.providers == ["CPUExecutionProvider"]
+    assert result.scenario == scenario and result.mode == mode and result.dataset_size == N
+    accuracy_entries = json.loads((run_dir / "mlperf_log_accuracy.json").read_text())
+    if mode == "AccuracyOnly":
+        assert 0.0 <= result.mAP <= 100.0 and len(result.coco_stats) == 12
+        assert sorted(e["qsl_idx"] for e in accuracy_entries) == list(range(N))
+        assert result.validity is None and result.samples_per_second > 0
+    else:
+        summary = summarize(run_dir / "mlperf_log_detail.txt", scenario, mode)
+        assert result.mAP is None and accuracy_entries == []
+        assert result.validity in ("VALID", "INVALID") and result.samples_per_second > 0
+        assert result.samples_per_second_source == "loadgen"
+        assert summary.effective_settings["performance_sample_count"] == 8
+        assert summary.query_count == (1 if scenario == "Offline" else 24)
+        assert {"p50", "p90", "p99"} <= set(result.latency_ns)
+
+
+def test_user_conf_is_written_under_the_official_key(synthetic_dir, shared_storage):
+    params = _params(synthetic_dir, model_name="retinanet", loadgen_mode="PerformanceOnly",
+                     loadgen_target_qps=50, loadgen_count_override=16, loadgen_buffer_size=4)
+    result = run_benchmark(params, shared_storage)
+    conf = Path(shared_storage.path(f"runs/{result.run_id}/user.conf")).read_text()
+    assert "retinanet.Offline.target_qps = 50" in conf and "retinanet.Offline.max_query_count = 16" in conf
+    assert result.effective_settings["target_qps"] == 50 and result.effective_settings["performance_sample_count"] == 4
+
+
+def test_auto_device_says_which_provider_ran_and_cuda_fails_clearly():
+    spec = get_spec("retinanet")
+    model = build_standin(spec)
+    assert OnnxBackend(model, spec, "").providers[-1] == "CPUExecutionProvider"
+    gpu = Path("/proc/driver/nvidia").exists()
+    if gpu:
+        pytest.skip("this machine has a GPU: the CUDA-absent error cannot be shown here")
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider could not load.*execution_device=auto or cpu"):
+        OnnxBackend(model, spec, "cuda")
+
+
+def test_unknown_model_fails_before_any_download(storage):
+    with pytest.raises(UnknownModelError, match="retinanet, retinanet_coco, retinanet_openimages, ssd_resnet34"):
+        run_benchmark(BenchmarkParams(model_name="yolo", dataset_url="http://127.0.0.1:9/none"), storage)
+    assert stored_files(storage) == []
+
+
+@pytest.mark.parametrize("bad", [dict(loadgen_scenario="Server2"), dict(loadgen_mode="Fast"),
+                                 dict(loadgen_target_qps=0), dict(execution_device="tpu")])
+def test_bad_settings_fail_before_any_work(bad):
+    with pytest.raises(ValueError, match="|".join(["valid", "positive", "use one of"])):
+        BenchmarkParams(**bad)
+
+
+def test_dataset_too_small_names_both_numbers(synthetic_dir, storage):
+    with pytest.raises(DatasetTooSmallError, match="loadgen_dataset_size=500.*40 images"):
+        run_benchmark(_params(synthetic_dir, loadgen_dataset_size=500), storage)
+
+
+def test_model_file_breaking_the_contract_fails_naming_the_mismatch(tmp_path, synthetic_dir, storage):
+    wrong = tmp_path / "retinanet-as-ssd.onnx"
+    wrong.write_bytes(build_standin(get_spec("retinanet")))
+    with pytest.raises(ModelContractError, match="input 'image' expected float32\\[1,3,1200,1200\\], got 'images'"):
+        run_benchmark(_params(synthetic_dir, model_name="ssd_resnet34", model_url=str(wrong)), storage)
+    assert not [f for f in stored_files(storage) if f.startswith("models/")]
+
+
+def test_core_runs_with_prefect_absent(synthetic_dir, tmp_path):
+    """Import every core module and run a benchmark in a process where importing prefect fails."""
+    script = f"""
+import importlib, pkgutil, sys
+sys.modules["prefect"] = None  # any `import prefect` now raises ImportError
+import odbench
+for module in pkgutil.iter_modules(odbench.__path__):
+    if module.name != "__main__":
+        importlib.import_module(f"odbench.{{module.name}}")
+assert not any(name.startswith("prefect") and sys.modules[name] is not None for name in sys.modules)
+from odbench.cli import main
+sys.exit(main(["--model_name", "retinanet", "--model_url", "standin", "--dataset_url", {str(synthetic_dir)!r},
+               "--loadgen_dataset_size", "5", "--storage_url", {str(tmp_path / "s")!r}, "--json"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model_name"] == "retinanet_coco" and result["stand_in"] and result["mAP"] is not None
