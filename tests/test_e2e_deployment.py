@@ -133,7 +133,6 @@ def test_walkthrough_deploys_and_runs_detect(tmp_path: Path, monkeypatch: pytest
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
         "ODBENCH_STORAGE_URL": str(storage_root),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "PREFECT_WORKER_QUERY_SECONDS": "1",

@@ -1,0 +1,109 @@
+"""The `detect` flow under a real Prefect API: the command line, caching, artifacts, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from tasks.report import artifact_key
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.detect", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
+    """REFERENCE.md section 4, written out again here: decode, skip repeats, pixels, COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(annotation_file))
+    images = gt.dataset["images"]
+    seen, detections, image_ids = set(), [], []
+    for entry in json.loads(accuracy_log.read_text()):
+        if entry["qsl_idx"] in seen:
+            continue
+        seen.add(entry["qsl_idx"])
+        image = images[entry["qsl_idx"]]
+        image_ids.append(image["id"])
+        data = np.frombuffer(bytes.fromhex(entry["data"]), np.float32)
+        for i in range(0, len(data), 7):
+            idx, ymin, xmin, ymax, xmax, score, label = (float(v) for v in data[i:i + 7])
+            assert int(idx) == entry["qsl_idx"]
+            w, h = image["width"], image["height"]
+            detections.append({"image_id": image["id"], "category_id": int(label), "score": score,
+                               "bbox": [xmin * w, ymin * h, (xmax - xmin) * w, (ymax - ymin) * h]})
+    evaluator = COCOeval(gt, gt.loadRes(detections), iouType="bbox")
+    evaluator.params.imgIds = image_ids
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return round(100.0 * evaluator.stats[0], 3), image_ids
+
+
+def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, mini_dir):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
+    args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", "standin",
+            "--dataset_url", str(mini_dir), "--json"]
+    first = _cli(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert {"model_name", "stand_in", "scenario", "mode", "dataset_size", "mAP", "samples_per_second",
+            "providers", "run_dir"} <= set(result)
+    assert result["stand_in"] is True and result["dataset_size"] == 20
+    run_dir = Path(result["run_dir"].removeprefix("file://"))
+    annotation_file = mini_dir / "annotations/instances_val2017.json"
+    independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file)
+    assert independent == result["mAP"]
+    first_20 = [im["id"] for im in json.loads(annotation_file.read_text())["images"][:20]]
+    assert sorted(image_ids) == sorted(first_20)
+
+    again = _cli(args, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    states = json.loads(again.stdout.strip().splitlines()[-1])["task_states"]
+    assert states["download"] == states["preprocess"] == states["fetch-model"] == "Cached"
+
+
+def test_cli_failure_exits_nonzero_with_the_reason(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
+    done = _cli(["--model_name", "nope", "--json"], env)
+    assert done.returncode != 0 and "unknown model_name 'nope'" in done.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_flow_publishes_artifacts_and_caches_by_content(prefect_api, tmp_path, synthetic_dir):
+    from prefect.artifacts import Artifact
+
+    from flows.detect import detect
+
+    common = dict(model_name="retinanet", loadgen_dataset_size=8, model_url="standin",
+                  dataset_url=str(synthetic_dir), storage_url=str(tmp_path / "store"))
+    out = detect(**common)
+    assert set(out["task_states"].values()) == {"Completed"}
+    summary = Artifact.get(artifact_key("retinanet_coco", "summary"))
+    table = Artifact.get(artifact_key("retinanet_coco", "metrics"))
+    assert summary.type == "markdown" and f"{out['mAP']:.3f}" in summary.data
+    assert f"{out['samples_per_second']:.3f}" in summary.data and "STAND-IN" in summary.data
+    assert table.type == "table" and "samples_per_second" in table.data
+
+    bigger = detect(**{**common, "loadgen_dataset_size": 10})
+    assert bigger["task_states"]["download"] == "Completed"  # a new N is new content
+    assert bigger["task_states"]["fetch-model"] == "Cached"
+    perf = detect(**{**common, "loadgen_mode": "PerformanceOnly", "loadgen_count_override": 16})
+    assert perf["task_states"]["inference"] == "Completed" and perf["mAP"] is None
+
+
+def test_flow_rejects_unknown_model_before_any_download(prefect_api, tmp_path):
+    from flows.detect import detect
+
+    with pytest.raises(ValueError, match="known models"):
+        detect(model_name="yolo", storage_url=str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
