@@ -38,6 +38,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """The ids of a process's descendants (Linux /proc; empty elsewhere), e.g. a worker's flow-run
+    subprocess, which Prefect starts in a session of its own, out of reach of the worker's group."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -87,8 +105,10 @@ class _Walkthrough:
         return message + tails
 
     def stop(self) -> None:
-        """Terminate each process group (SIGTERM, then SIGKILL), worker first."""
+        """Terminate each process group (SIGTERM, then SIGKILL), worker first, and any descendant
+        that left the group (a flow-run subprocess)."""
         for proc, handle in reversed(self.background):
+            strays = _descendants(proc.pid) if proc.poll() is None else []
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -103,6 +123,11 @@ class _Walkthrough:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             handle.close()
 
 
