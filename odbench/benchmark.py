@@ -25,6 +25,7 @@ from odbench.harness import DetectionSUT, SampleLibrary, run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.params import BenchmarkParams
+from odbench.progress import LogProgress
 from odbench.preprocess import load_uint8, preprocess, to_model_input
 from odbench.storage import Storage
 
@@ -147,7 +148,7 @@ def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> Be
     """The whole benchmark in one process, no Prefect: data, preprocessing, model, LoadGen, accuracy."""
     storage = storage or Storage()
     source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size)
-    manifest = ingest(source, params.loadgen_dataset_size, storage)
-    preprocess(manifest, params.spec.resolution, storage)
+    manifest = ingest(source, params.loadgen_dataset_size, storage, LogProgress("download images", log))
+    preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log))
     model = fetch_model(params.spec, params.model_url, params.model_md5, storage)
     return run_inference(params, manifest, model, storage)

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import fsspec
+
 from odbench import coco, synthetic
-from odbench.fetch import fetch, read_zip_members, store_bytes
+from odbench.fetch import StoredFile, fetch, read_zip_members, store_bytes
 from odbench.storage import Storage
 
 ANNOTATIONS_MEMBER = "annotations/instances_val2017.json"
@@ -127,19 +129,20 @@ def fingerprint(source: DatasetSource, n: int) -> str:
 
 
 def _folder_fingerprint(source: FolderSource, n: int) -> list[str]:
-    """The annotation file's md5 and the name and size of each of the first n images."""
-    import fsspec
-
+    """The annotation file's md5 and the name and size of each of the first n images (sizes from one
+    listing; where the backend cannot list, such as some HTTP servers, the annotation file alone)."""
     data = _read_url(source.file_url(ANNOTATIONS_MEMBER))
-    fs, root = fsspec.core.url_to_fs(source.url)
     images = coco.first_n(coco.images_in_order(coco.parse_annotations(data)), n)
-    sizes = {Path(p["name"]).name: p["size"] for p in fs.ls(f"{root.rstrip('/')}/{IMAGES_DIR}", detail=True)}
+    fs, root = fsspec.core.url_to_fs(source.url)
+    try:
+        listing = fs.ls(f"{root.rstrip('/')}/{IMAGES_DIR}", detail=True)
+    except (OSError, NotImplementedError, ValueError):
+        listing = []
+    sizes = {Path(p["name"]).name: p.get("size") for p in listing}
     return [hashlib.md5(data).hexdigest(), *(f"{im.file_name}:{sizes.get(im.file_name)}" for im in images)]
 
 
 def _read_url(url: str) -> bytes:
-    import fsspec
-
     try:
         with fsspec.open(url, "rb") as handle:
             return handle.read()
@@ -202,7 +205,7 @@ def _ingest_synthetic(source: SyntheticSource, n: int, storage: Storage,
     return DatasetManifest(source.describe(), manifest.annotations_rel, manifest.annotations_md5, manifest.images)
 
 
-def _stored_image(im: coco.ImageRecord, stored) -> DatasetImage:
+def _stored_image(im: coco.ImageRecord, stored: StoredFile) -> DatasetImage:
     return DatasetImage(im.index, im.id, im.file_name, im.width, im.height, stored.md5, stored.rel)
 
 

@@ -12,14 +12,16 @@ import logging
 import uuid
 import zipfile
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO
 
 import fsspec
 
+from odbench.progress import LogProgress
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+LOG_PROGRESS_ABOVE = 16 << 20  # bytes: smaller files are fetched silently
 
 
 class ChecksumMismatchError(ValueError):
@@ -63,15 +65,14 @@ def _find_existing(storage: Storage, kind: str, md5: str, name: str) -> StoredFi
     return None
 
 
-def fetch(url: str, storage: Storage, kind: str, name: str, expected_md5: str | None = None,
-          progress: Callable[[int], None] | None = None) -> StoredFile:
+def fetch(url: str, storage: Storage, kind: str, name: str, expected_md5: str | None = None) -> StoredFile:
     """Stream `url` into `<kind>/<md5>/<name>`; reuse a stored copy when `expected_md5` is known."""
     if expected_md5 and (found := _find_existing(storage, kind, expected_md5, name)):
         log.info("reusing %s (md5 %s)", found.rel, expected_md5)
         return found
     staging = f"{kind}/.staging/{uuid.uuid4().hex}-{name}"
     with storage.atomic_writer(staging) as out:
-        md5, size = _copy_hashing(url, out, progress)
+        md5, size = _copy_hashing(url, out)
         if expected_md5 and md5 != expected_md5:
             raise ChecksumMismatchError(
                 f"md5 mismatch for {url}: expected {expected_md5}, got {md5}; nothing was stored. "
@@ -80,17 +81,19 @@ def fetch(url: str, storage: Storage, kind: str, name: str, expected_md5: str | 
     return _commit(storage, staging, kind, md5, name, size)
 
 
-def _copy_hashing(url: str, out: IO[bytes], progress: Callable[[int], None] | None) -> tuple[str, int]:
+def _copy_hashing(url: str, out: IO[bytes]) -> tuple[str, int]:
     """Copy a URL's bytes into `out`; return their md5 and size. Any read failure names the URL."""
     digest, size = hashlib.md5(), 0
     try:
         with fsspec.open(url, "rb") as source:
+            total = getattr(source, "size", None) or 0
+            progress = LogProgress(f"fetch {url} (MiB)", log) if total > LOG_PROGRESS_ABOVE else None
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
                 if progress:
-                    progress(size)
+                    progress(size >> 20, total >> 20)
     except (OSError, ValueError, aiohttp_errors()) as err:
         raise SourceUnavailableError(f"cannot read {url}: {err}") from err
     return digest.hexdigest(), size

@@ -9,6 +9,7 @@ from prefect.logging import get_run_logger
 
 from odbench import dataset
 from odbench.dataset import DatasetManifest, DatasetSource
+from odbench.progress import LogProgress
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
 from odbench.storage import Storage
 
@@ -21,18 +22,15 @@ def _preprocess_key(_: TaskRunContext, p: dict) -> str:
     return f"preprocess|{p['storage'].url}|{p['manifest'].digest}|{p['resolution']}|v{PREPROCESS_VERSION}"
 
 
-class _Progress:
-    """A Prefect progress artifact fed by a core step's (done, total) callback."""
+class _Progress(LogProgress):
+    """Core progress, also shown as a Prefect progress artifact."""
 
     def __init__(self, what: str):
-        self.what, self.artifact, self.last = what, create_progress_artifact(0.0, description=what), -1.0
+        super().__init__(what, get_run_logger())
+        self.artifact = create_progress_artifact(0.0, description=what)
 
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100.0 * done / max(total, 1)
-        if percent - self.last >= 5 or done == total:
-            update_progress_artifact(self.artifact, percent)
-            get_run_logger().info("%s: %d/%d", self.what, done, total)
-            self.last = percent
+    def report(self, percent: float) -> None:
+        update_progress_artifact(self.artifact, percent)
 
 
 @task(name="download", cache_key_fn=_download_key, persist_result=True)
