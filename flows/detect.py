@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from typing import Any
 
-from prefect import flow
+# The core logs to "odbench.*"; this puts those lines into the flow run's logs (UI and terminal).
+# Deployments set the same variable in prefect.yaml, since their process imports Prefect first.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "odbench")
+logging.getLogger("odbench").setLevel(logging.INFO)
+
+from prefect import flow  # noqa: E402
 
 from blocks.storage import resolve_storage
 from odbench.cli import add_param_arguments, params_from_args

@@ -20,6 +20,10 @@ DEVICE_PROVIDERS = {
     "trt": "TensorrtExecutionProvider",
 }
 DEVICES = ("", "auto", *DEVICE_PROVIDERS)
+PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "the NVIDIA driver, CUDA and cuDNN",
+    "TensorrtExecutionProvider": "TensorRT (libnvinfer), CUDA and cuDNN",
+}
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -88,8 +92,8 @@ class OnnxBackend:
             return
         raise ProviderUnavailableError(
             f"execution_device={execution_device}: {wanted[0]} could not load on this machine "
-            f"(onnxruntime fell back to {', '.join(self.providers)}); check the GPU driver and CUDA/cuDNN "
-            "libraries, or use execution_device=auto or cpu")
+            f"(onnxruntime fell back to {', '.join(self.providers)}; its log above names the missing library); "
+            f"install {PROVIDER_LIBRARIES[wanted[0]]}, or use execution_device=auto or cpu")
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         boxes, scores, labels = self.session.run(self._outputs, {self.spec.input.name: x})

@@ -8,7 +8,7 @@ import logging
 class LogProgress:
     """A `(done, total)` callback that logs at most every `step` percent, and at the end."""
 
-    def __init__(self, what: str, logger: logging.Logger | logging.LoggerAdapter, step: float = 5.0):
+    def __init__(self, what: str, logger: logging.Logger | logging.LoggerAdapter, step: float = 10.0):
         self.what, self.logger, self.step, self.last = what, logger, step, -step
 
     def __call__(self, done: int, total: int) -> None:

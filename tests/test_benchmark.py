@@ -77,7 +77,7 @@ def test_auto_device_says_which_provider_ran_and_cuda_fails_clearly():
     gpu = Path("/proc/driver/nvidia").exists()
     if gpu:
         pytest.skip("this machine has a GPU: the CUDA-absent error cannot be shown here")
-    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider could not load.*execution_device=auto or cpu"):
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider could not load.*CUDA and cuDNN.*execution_device=auto or cpu"):
         OnnxBackend(model, spec, "cuda")
 
 
