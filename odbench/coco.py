@@ -1,4 +1,4 @@
-"""COCO annotations: the image list in file order, subsets, and category-id maps."""
+"""COCO: the 80 categories, annotation files (the image list in file order), subsets, category-id maps."""
 
 from __future__ import annotations
 
@@ -7,6 +7,69 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CocoCategory:
+    id: int
+    name: str
+    supercategory: str
+
+
+def _categories(supercategory: str, *entries: tuple[int, str]) -> tuple[CocoCategory, ...]:
+    """Build the categories of one supercategory (keeps the table below compact)."""
+    return tuple(CocoCategory(cid, name, supercategory) for cid, name in entries)
+
+
+COCO_CATEGORIES: tuple[CocoCategory, ...] = (
+    *_categories("person", (1, "person")),
+    *_categories(
+        "vehicle", (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"),
+        (7, "train"), (8, "truck"), (9, "boat"),
+    ),
+    *_categories(
+        "outdoor", (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"),
+        (14, "parking meter"), (15, "bench"),
+    ),
+    *_categories(
+        "animal", (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"),
+        (22, "elephant"), (23, "bear"), (24, "zebra"), (25, "giraffe"),
+    ),
+    *_categories(
+        "accessory", (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"),
+        (33, "suitcase"),
+    ),
+    *_categories(
+        "sports", (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"),
+        (38, "kite"), (39, "baseball bat"), (40, "baseball glove"), (41, "skateboard"),
+        (42, "surfboard"), (43, "tennis racket"),
+    ),
+    *_categories(
+        "kitchen", (44, "bottle"), (46, "wine glass"), (47, "cup"), (48, "fork"), (49, "knife"),
+        (50, "spoon"), (51, "bowl"),
+    ),
+    *_categories(
+        "food", (52, "banana"), (53, "apple"), (54, "sandwich"), (55, "orange"), (56, "broccoli"),
+        (57, "carrot"), (58, "hot dog"), (59, "pizza"), (60, "donut"), (61, "cake"),
+    ),
+    *_categories(
+        "furniture", (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"),
+        (67, "dining table"), (70, "toilet"),
+    ),
+    *_categories(
+        "electronic", (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"),
+        (77, "cell phone"),
+    ),
+    *_categories(
+        "appliance", (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"),
+        (82, "refrigerator"),
+    ),
+    *_categories(
+        "indoor", (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy bear"),
+        (89, "hair drier"), (90, "toothbrush"),
+    ),
+)
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(c.id for c in COCO_CATEGORIES)
 
 
 class DatasetTooSmallError(ValueError):

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from odbench.coco import COCO_CATEGORY_IDS
 from odbench.models import LabelSpace, ModelSpec, TensorSpec
 
 IR_VERSION = 10  # onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 rejects
@@ -32,13 +33,6 @@ OBJECTNESS_GAIN = 2.0
 DELTA_GAIN = 0.5
 DETECTIONS_DIM = "num_detections"
 _ONNX_DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
-
-# The 80 category ids COCO actually uses among 1..90.
-COCO_CATEGORY_IDS: tuple[int, ...] = (
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
-    *range(72, 83), *range(84, 91),
-)
-
 
 def label_table(spec: ModelSpec) -> np.ndarray:
     """The label each head class emits, in the spec's label space (int64)."""

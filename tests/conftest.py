@@ -26,6 +26,14 @@ def mini_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def coco_dir(request) -> Path:
+    """The real mini set where present, else the synthetic set: any COCO-layout folder."""
+    if (MINI / "annotations" / "instances_val2017.json").exists():
+        return MINI
+    return request.getfixturevalue("synthetic_dir")
+
+
+@pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     from odbench.synthetic import generate_dataset
 

@@ -63,8 +63,9 @@ def _annotations(folder) -> dict:
 
 
 @pytest.mark.parametrize("model_name", ["ssd_resnet34", "retinanet_coco"])
-def test_ground_truth_through_the_sut_scores_100(tmp_path, mini_dir, model_name):
-    assert _loadgen_map(tmp_path, _annotations(mini_dir), get_spec(model_name), 80) == 100.0
+def test_ground_truth_through_the_sut_scores_100(tmp_path, coco_dir, model_name):
+    annotations = _annotations(coco_dir)
+    assert _loadgen_map(tmp_path, annotations, get_spec(model_name), len(annotations["images"])) == 100.0
 
 
 @pytest.mark.parametrize("iou", [0.72, 0.87])

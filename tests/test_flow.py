@@ -49,10 +49,10 @@ def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
     return round(100.0 * evaluator.stats[0], 3), image_ids
 
 
-def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, mini_dir):
+def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
     args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", "standin",
-            "--dataset_url", str(mini_dir), "--json"]
+            "--dataset_url", str(coco_dir), "--json"]
     first = _cli(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads(first.stdout.strip().splitlines()[-1])
@@ -60,7 +60,7 @@ def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, mi
             "providers", "run_dir"} <= set(result)
     assert result["stand_in"] is True and result["dataset_size"] == 20
     run_dir = Path(result["run_dir"].removeprefix("file://"))
-    annotation_file = mini_dir / "annotations/instances_val2017.json"
+    annotation_file = coco_dir / "annotations/instances_val2017.json"
     independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file)
     assert independent == result["mAP"]
     first_20 = [im["id"] for im in json.loads(annotation_file.read_text())["images"][:20]]
