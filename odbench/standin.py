@@ -14,6 +14,8 @@ boxes are decoded around the anchor and clipped to the image, then NMS and TopK 
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -193,7 +195,8 @@ def _detections(g: _Graph, spec: ModelSpec, rng: np.random.Generator) -> None:
 def build_standin(spec: ModelSpec, seed: int = 0) -> bytes:
     """A serialized stand-in ONNX model with `spec`'s exact I/O contract; same seed, same bytes."""
     g = _Graph()
-    _detections(g, spec, np.random.default_rng(seed))
+    # each model gets its own weights, so two stand-ins never answer identically
+    _detections(g, spec, np.random.default_rng([seed, zlib.crc32(spec.name.encode())]))
     by_name = {t.name: t for t in (spec.boxes, spec.scores, spec.labels)}
     graph = helper.make_graph(g.nodes, f"{spec.name}_standin", [_value_info(spec.input)],
                               [_value_info(by_name[n]) for n in spec.output_order],

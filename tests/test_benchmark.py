@@ -13,6 +13,7 @@ from conftest import ROOT, stored_files
 from odbench.backend import OnnxBackend, ProviderUnavailableError
 from odbench.benchmark import run_benchmark
 from odbench.coco import DatasetTooSmallError
+from odbench.fetch import ChecksumMismatchError
 from odbench.loadgen_log import summarize
 from odbench.models import UnknownModelError, get_spec
 from odbench.params import BenchmarkParams
@@ -125,3 +126,12 @@ sys.exit(main(["--model_name", "retinanet", "--model_url", "standin", "--dataset
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["model_name"] == "retinanet_coco" and result["stand_in"] and result["mAP"] is not None
+
+
+def test_model_md5_mismatch_names_url_and_sums_and_stores_nothing(tmp_path, synthetic_dir, storage):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(build_standin(get_spec("retinanet")))
+    wrong = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ChecksumMismatchError, match=f"{model}: expected {wrong}, got [0-9a-f]{{32}}"):
+        run_benchmark(_params(synthetic_dir, model_name="retinanet", model_url=str(model), model_md5=wrong), storage)
+    assert not [f for f in stored_files(storage) if f.startswith("models/")]
