@@ -107,3 +107,16 @@ def test_flow_rejects_unknown_model_before_any_download(prefect_api, tmp_path):
     with pytest.raises(ValueError, match="known models"):
         detect(model_name="yolo", storage_url=str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
+
+
+def test_saved_storage_block_decides_where_everything_lives(prefect_api, tmp_path, synthetic_dir):
+    from blocks.storage import BenchmarkStorage
+    from flows.detect import detect
+
+    BenchmarkStorage(url=str(tmp_path / "block-root")).save("flow-test", overwrite=True)
+    out = detect(model_name="ssd_resnet34", loadgen_dataset_size=4, model_url="standin",
+                 dataset_url=str(synthetic_dir), storage_block="flow-test")
+    root = tmp_path / "block-root"
+    assert out["run_dir"] == f"file://{root}/runs/{out['run_id']}"
+    assert {"sources", "preprocessed", "models", "datasets", "runs", "prefect-results"} <= {p.name for p in root.iterdir()}
+    assert any((root / "prefect-results").iterdir())
