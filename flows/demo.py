@@ -10,6 +10,7 @@ import sys
 from prefect import flow
 
 from flows.detect import detect
+from odbench.report import STAND_IN_NOTE, model_label
 
 MODELS = ("ssd_resnet34", "retinanet")
 DATASET_SIZE = 20
@@ -35,11 +36,10 @@ def print_table(rows: list[dict]) -> None:
     print(f"\nOffline, synthetic COCO ({DATASET_SIZE} images), {PERFORMANCE_QUERIES} performance samples\n")
     print(f"{'model':<28}{'mAP (%)':>10}{'samples/s':>12}  {'LoadGen':<9}providers")
     for row in rows:
-        label = f"{row['model']} [STAND-IN]" if row["stand_in"] else row["model"]
+        label = model_label(row["model"], row["stand_in"])
         print(f"{label:<28}{row['mAP']:>10.3f}{row['samples_per_second']:>12.1f}  {row['validity']:<9}{row['providers']}")
     if any(row["stand_in"] for row in rows):
-        print("\nSTAND-IN models: random weights with the real models' input/output contract. Their mAP and "
-              "samples/s\nexercise the pipeline; they are not the real models' numbers.")
+        print(f"\n[STAND-IN] = {STAND_IN_NOTE}.")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from typing import Any
 # The core logs to "odbench.*"; this puts those lines into the flow run's logs (UI and terminal).
 # Deployments set the same variable in prefect.yaml, since their process imports Prefect first.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "odbench")
-logging.getLogger("odbench").setLevel(logging.INFO)
 
 from prefect import flow  # noqa: E402
 
 from blocks.storage import resolve_storage
-from odbench.cli import add_param_arguments, params_from_args
-from odbench.dataset import parse_dataset_url
+from odbench.cli import add_param_arguments, log_level, params_from_args
+from odbench.dataset import fingerprint, parse_dataset_url
+from odbench.model_store import fingerprint as model_fingerprint
 from odbench.params import BenchmarkParams
 from odbench.report import terminal_summary
 from odbench.benchmark import BenchmarkResult
@@ -38,6 +38,9 @@ D = BenchmarkParams()  # the defaults, declared once
 @flow(name="detect", log_prints=True)
 def detect(
     model_name: str = D.model_name,
+    framework: str = D.framework,
+    batch_size: int = D.batch_size,
+    verbosity: int = D.verbosity,
     loadgen_dataset_size: int = D.loadgen_dataset_size,
     loadgen_buffer_size: int = D.loadgen_buffer_size,
     loadgen_scenario: str = D.loadgen_scenario,
@@ -47,6 +50,8 @@ def detect(
     loadgen_count_override: int | None = D.loadgen_count_override,
     loadgen_min_duration_s: float | None = D.loadgen_min_duration_s,
     loadgen_max_duration_s: float | None = D.loadgen_max_duration_s,
+    loadgen_multistreamness: int | None = D.loadgen_multistreamness,
+    loadgen_compliance_test: str | None = D.loadgen_compliance_test,
     execution_device: str = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -63,6 +68,7 @@ def detect(
     """
     arguments = locals()
     params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})
+    logging.getLogger("odbench").setLevel(log_level(verbosity))
     block = resolve_storage(storage_block, storage_url)
     storage, cached = block.storage(), {"result_storage": block.result_storage()}
     source = parse_dataset_url(dataset_url, loadgen_dataset_size)
@@ -73,9 +79,9 @@ def detect(
         states[task.name] = state.name
         return state.result()
 
-    manifest = run(download_dataset, source, loadgen_dataset_size)
+    manifest = run(download_dataset, source, loadgen_dataset_size, fingerprint(source, loadgen_dataset_size))
     run(preprocess_images, manifest, params.spec.resolution)
-    model = run(fetch_model, params.spec, model_url, model_md5)
+    model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5))
     result = run(run_inference, params, manifest, model)
     publish_artifacts(result)
     return {**result.to_json(), "task_states": states}

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from odbench.coco import COCO_CATEGORY_IDS
 from odbench.models import LabelSpace, ModelSpec
 
 log = logging.getLogger(__name__)
 FIELDS = 7
+ENCODING_VERSION = 1  # bump when encoding or scoring would change a result
+# SSD-ResNet34's contiguous labels 1..80 as COCO ids: the model's label space, whatever the dataset lists
+CONTIGUOUS_TO_COCO = np.asarray([0, *COCO_CATEGORY_IDS], np.float32)
 COCO_STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
@@ -28,12 +32,12 @@ COCO_STAT_NAMES = (
 
 
 def encode_detections(qsl_idx: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                      spec: ModelSpec, contiguous_map: np.ndarray) -> np.ndarray:
+                      spec: ModelSpec) -> np.ndarray:
     """Model outputs (x1,y1,x2,y2 in the spec's scale, labels in its space) to float32 [K, 7] rows."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4) / np.float32(spec.box_scale)
     labels = np.asarray(labels).reshape(-1)
     if spec.label_space is LabelSpace.COCO_CONTIGUOUS:
-        labels = contiguous_map[labels.astype(np.int64)]
+        labels = CONTIGUOUS_TO_COCO[labels.astype(np.int64)]
     rows = np.empty((len(boxes), FIELDS), np.float32)
     rows[:, 0] = qsl_idx
     rows[:, 1:5] = boxes[:, [1, 0, 3, 2]]
@@ -61,17 +65,18 @@ class AccuracyResult:
 
 
 def _coco_detections(decoded: dict[int, np.ndarray], coco_images: list[dict]) -> list[dict]:
-    """Decoded rows to pycocotools result dicts in pixels of each original image."""
+    """Decoded rows to pycocotools result dicts in pixels of each original image (float32
+    arithmetic, as MLPerf's script does it)."""
     results = []
     for idx, rows in decoded.items():
         image = coco_images[idx]
-        w, h = float(image["width"]), float(image["height"])
-        for _, ymin, xmin, ymax, xmax, score, label in rows.astype(np.float64):
+        w, h = np.float32(image["width"]), np.float32(image["height"])
+        for _, ymin, xmin, ymax, xmax, score, label in rows:
             results.append({
                 "image_id": image["id"],
                 "category_id": int(label),
-                "bbox": [xmin * w, ymin * h, (xmax - xmin) * w, (ymax - ymin) * h],
-                "score": score,
+                "bbox": [float(xmin * w), float(ymin * h), float((xmax - xmin) * w), float((ymax - ymin) * h)],
+                "score": float(score),
             })
     return results
 

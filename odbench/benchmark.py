@@ -30,7 +30,7 @@ from odbench.preprocess import load_uint8, preprocess, to_model_input
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
-LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
+ACCURACY_PASS_THROUGHPUT = "accuracy pass: samples / SUT inference time (not a LoadGen performance result)"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class BenchmarkResult:
     mAP: float | None  # percent; None in PerformanceOnly
     coco_stats: dict[str, float] | None
     samples_per_second: float | None
-    samples_per_second_source: str | None  # "loadgen" or "accuracy pass (not a LoadGen performance result)"
+    samples_per_second_source: str | None  # "loadgen", or ACCURACY_PASS_THROUGHPUT
     validity: str | None
     latency_ns: dict[str, float]
     performance_metric: str
@@ -108,9 +108,10 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     backend = OnnxBackend(model_bytes(model, storage), spec, params.execution_device, params.cpu_threads)
     images = manifest.images
-    assert all(im.index == i for i, im in enumerate(images)), "qsl_idx must be the annotation-file position"
+    if any(im.index != i for i, im in enumerate(images)):
+        raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
     library = SampleLibrary(len(images), lambda i: to_model_input(load_uint8(storage, spec.resolution, images[i].md5), spec))
-    sut = DetectionSUT(backend, library, spec, coco.contiguous_to_coco_ids(annotations))
+    sut = DetectionSUT(backend, library, spec)
     log.info("LoadGen %s %s over %d samples on %s", config.scenario, config.mode, len(images), backend.providers)
     run_loadgen(sut, config, spec.loadgen_model, log_dir)
     summary = summarize(log_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
@@ -124,7 +125,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         providers=list(backend.providers), mAP=accuracy.mAP if accuracy else None,
         coco_stats=accuracy.stats if accuracy else None, samples_per_second=throughput,
         samples_per_second_source=source, validity=summary.validity, latency_ns=summary.latency_ns,
-        performance_metric=metric, performance=value if value is not None else throughput,
+        performance_metric=metric, performance=value,
         effective_settings=summary.effective_settings, loadgen_errors=summary.errors, started=started,
         duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
     )
@@ -141,7 +142,7 @@ def _throughput(summary: LoadGenSummary, sut: DetectionSUT) -> tuple[float | Non
     if summary.samples_per_second is not None:
         return summary.samples_per_second, "loadgen"
     measured = sut.throughput()
-    return (round(measured, 3), "accuracy pass (not a LoadGen performance result)") if measured else (None, None)
+    return (round(measured, 3), ACCURACY_PASS_THROUGHPUT) if measured else (None, None)
 
 
 def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> BenchmarkResult:

@@ -36,6 +36,11 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in fields(BenchmarkParams)}
 
 
+def log_level(verbosity: int) -> int:
+    """axs's verbosity as a logging level for the core's messages."""
+    return logging.WARNING if verbosity <= 0 else logging.INFO if verbosity <= 2 else logging.DEBUG
+
+
 def main(argv: list[str] | None = None) -> int:
     from odbench.benchmark import BenchmarkResult, run_benchmark
     from odbench.report import terminal_summary
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage_url", default=default_storage_url())
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=log_level(args.verbosity), format="%(asctime)s %(name)s %(message)s")
     try:
         result: BenchmarkResult = run_benchmark(BenchmarkParams(**params_from_args(args)), Storage(args.storage_url))
     except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero

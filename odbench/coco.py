@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,3 @@ def first_n(images: list[ImageRecord], n: int) -> list[ImageRecord]:
 
 def category_ids(coco: dict[str, Any]) -> list[int]:
     return sorted(int(c["id"]) for c in coco["categories"])
-
-
-def contiguous_to_coco_ids(coco: dict[str, Any]) -> np.ndarray:
-    """Map contiguous labels 1..80 to COCO ids: `[0] + sorted(category ids)` (index 0: background)."""
-    return np.asarray([0, *category_ids(coco)], dtype=np.float32)

@@ -14,7 +14,7 @@ from typing import Callable
 import fsspec
 
 from odbench import coco, synthetic
-from odbench.fetch import StoredFile, fetch, read_zip_members, store_bytes
+from odbench.fetch import StoredFile, fetch, info_signature, read_zip_members, store_bytes
 from odbench.storage import Storage
 
 ANNOTATIONS_MEMBER = "annotations/instances_val2017.json"
@@ -129,8 +129,8 @@ def fingerprint(source: DatasetSource, n: int) -> str:
 
 
 def _folder_fingerprint(source: FolderSource, n: int) -> list[str]:
-    """The annotation file's md5 and the name and size of each of the first n images (sizes from one
-    listing; where the backend cannot list, such as some HTTP servers, the annotation file alone)."""
+    """The annotation file's md5 and the size and change stamps of each of the first n images (from
+    one listing; where the backend cannot list, such as some HTTP servers, the annotation file alone)."""
     data = _read_url(source.file_url(ANNOTATIONS_MEMBER))
     images = coco.first_n(coco.images_in_order(coco.parse_annotations(data)), n)
     fs, root = fsspec.core.url_to_fs(source.url)
@@ -138,8 +138,8 @@ def _folder_fingerprint(source: FolderSource, n: int) -> list[str]:
         listing = fs.ls(f"{root.rstrip('/')}/{IMAGES_DIR}", detail=True)
     except (OSError, NotImplementedError, ValueError):
         listing = []
-    sizes = {Path(p["name"]).name: p.get("size") for p in listing}
-    return [hashlib.md5(data).hexdigest(), *(f"{im.file_name}:{sizes.get(im.file_name)}" for im in images)]
+    signatures = {Path(entry["name"]).name: info_signature(entry) for entry in listing}
+    return [hashlib.md5(data).hexdigest(), *(f"{im.file_name}:{signatures.get(im.file_name)}" for im in images)]
 
 
 def _read_url(url: str) -> bytes:

@@ -50,6 +50,21 @@ def aiohttp_errors() -> type[Exception] | tuple[type[Exception], ...]:
     return aiohttp.ClientError
 
 
+def info_signature(info: dict) -> str:
+    """Size and change stamps from an fsspec `info()` entry: what a cache key can know without reading."""
+    keys = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "created")
+    return ":".join(f"{key}={info[key]}" for key in keys if info.get(key) is not None)
+
+
+def url_signature(url: str) -> str:
+    """The signature of one URL's file, or an error that names the URL."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        return info_signature(fs.info(path))
+    except (OSError, ValueError, NotImplementedError) as err:
+        raise SourceUnavailableError(f"cannot read {url}: {err}") from err
+
+
 def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 

@@ -51,9 +51,9 @@ class LoadGenConfig:
             if value is not None and value <= 0:
                 raise ValueError(f"loadgen_{name} must be positive, got {value}")
 
-    def user_conf(self, model_key: str) -> str:
+    def user_conf(self, model_key: str, total_count: int) -> str:
         """The user.conf lines for these settings, under LoadGen's key for the model."""
-        lines = {"performance_sample_count_override": self.buffer_size}
+        lines: dict[str, float] = {"performance_sample_count_override": min(self.buffer_size, total_count)}
         if self.target_qps is not None:
             lines["target_qps"] = self.target_qps
         if self.target_latency_ms is not None:
@@ -92,19 +92,15 @@ class SampleLibrary:
 class DetectionSUT:
     """LoadGen's SUT: each query sample becomes one inference on a worker thread."""
 
-    def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec,
-                 contiguous_map: np.ndarray, workers: int = 1):
-        self.backend, self.library, self.spec, self.contiguous_map = backend, library, spec, contiguous_map
+    def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1):
+        self.backend, self.library, self.spec, self.workers = backend, library, spec, workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut")
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self.completed = 0
-        self.first_issue: float | None = None
-        self.last_completion: float | None = None
+        self.busy_s = 0.0  # summed over workers: time spent inferring and encoding
 
     def issue_queries(self, samples) -> None:
-        if self.first_issue is None:
-            self.first_issue = time.perf_counter()
         for sample in samples:
             self.pool.submit(self._run_one, sample.id, sample.index)
 
@@ -114,9 +110,10 @@ class DetectionSUT:
     def _run_one(self, sample_id: int, qsl_idx: int) -> None:
         import mlperf_loadgen as lg
 
+        start = time.perf_counter()
         try:
             boxes, scores, labels = self.backend.infer(self.library[qsl_idx])
-            rows = encode_detections(qsl_idx, boxes, scores, labels, self.spec, self.contiguous_map)
+            rows = encode_detections(qsl_idx, boxes, scores, labels, self.spec)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             with self._lock:
                 self.errors.append(err)
@@ -126,13 +123,14 @@ class DetectionSUT:
         lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, address, len(buffer))])
         with self._lock:
             self.completed += 1
-            self.last_completion = time.perf_counter()
+            self.busy_s += time.perf_counter() - start
 
     def throughput(self) -> float | None:
-        """Samples per second from the first issue to the last completion, as the SUT saw them."""
-        if self.first_issue is None or self.last_completion is None or self.completed == 0:
+        """Samples per second of the SUT's own inference time (LoadGen's untimed sample loads, which
+        AccuracyOnly interleaves with queries, excluded); None before any sample."""
+        if self.completed == 0 or self.busy_s <= 0:
             return None
-        return self.completed / max(self.last_completion - self.first_issue, 1e-9)
+        return self.completed * self.workers / self.busy_s
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -150,17 +148,20 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
 
     log_dir.mkdir(parents=True, exist_ok=True)
     user_conf = log_dir / "user.conf"
-    user_conf.write_text(config.user_conf(model_key))
+    library = sut.library
+    user_conf.write_text(config.user_conf(model_key, library.count))
     settings = lg.TestSettings()
-    if settings.FromConfig(str(user_conf), model_key, config.scenario, 1) != 0:
-        raise ValueError(f"LoadGen rejected {user_conf}")
+    # conf_type 0: the official mlperf.conf built into LoadGen; 2: a user.conf file. (conf_type 1
+    # would do both, but loads mlperf.conf only on its first call in a process.)
+    if settings.FromConfig("", model_key, config.scenario, 0) or settings.FromConfig(
+            str(user_conf), model_key, config.scenario, 2):
+        raise ValueError(f"LoadGen rejected its settings for {model_key} {config.scenario} ({user_conf})")
     settings.scenario = getattr(lg.TestScenario, config.scenario)
     settings.mode = getattr(lg.TestMode, config.mode)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(log_dir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
-    library = sut.library
     qsl = lg.ConstructQSL(library.count, min(config.buffer_size, library.count),
                           library.load_samples, library.unload_samples)
     handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from odbench import standin
-from odbench.fetch import StoredFile, fetch, store_bytes
+from odbench.fetch import StoredFile, fetch, store_bytes, url_signature
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
@@ -35,12 +35,13 @@ def _standin_builder_digest() -> str:
 
 
 def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None) -> str:
-    """A content-derived key: the expected md5, or the stand-in builder's digest, or the URL."""
+    """A content-derived key: the expected md5, or the stand-in builder's digest, or (a URL without
+    md5) the URL with its file's size and change stamps, so a replaced file is a new model."""
     if model_url == STANDIN:
         return f"standin:{spec.name}:{_standin_builder_digest()}"
     if not model_url:
         return f"md5:{spec.md5}"
-    return f"md5:{model_md5}" if model_md5 else f"url:{model_url}"
+    return f"md5:{model_md5}" if model_md5 else f"url:{model_url}:{url_signature(model_url)}"
 
 
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:

@@ -12,6 +12,9 @@ from odbench.models import ModelSpec, get_spec
 @dataclass(frozen=True)
 class BenchmarkParams:
     model_name: str = "ssd_resnet34"
+    framework: str = "onnx"
+    batch_size: int = 1
+    verbosity: int = 2  # 0: warnings only, 1-2: progress, 3+: debug
     loadgen_dataset_size: int = 20
     loadgen_buffer_size: int = 8
     loadgen_scenario: str = "Offline"
@@ -21,6 +24,8 @@ class BenchmarkParams:
     loadgen_count_override: int | None = None
     loadgen_min_duration_s: float | None = None
     loadgen_max_duration_s: float | None = None
+    loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
+    loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
     execution_device: str = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -33,9 +38,24 @@ class BenchmarkParams:
         self.loadgen_config  # scenario, mode and targets
         if self.loadgen_dataset_size < 1:
             raise ValueError(f"loadgen_dataset_size must be at least 1, got {self.loadgen_dataset_size}")
+        self._check_unsupported()
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
+
+    def _check_unsupported(self) -> None:
+        """axs parameters whose other values this version cannot honour yet: say so, never ignore them."""
+        if self.framework != "onnx":
+            raise ValueError(f"framework={self.framework!r} is not supported: this benchmark runs onnx models")
+        if self.batch_size != 1:
+            raise ValueError(f"batch_size={self.batch_size} is not supported yet: the official model files take "
+                             "batch 1; use batch_size=1")
+        if self.loadgen_multistreamness is not None:
+            raise ValueError("loadgen_multistreamness is for the MultiStream scenario, which is not supported "
+                             "yet; leave it unset")
+        if self.loadgen_compliance_test is not None:
+            raise ValueError(f"loadgen_compliance_test={self.loadgen_compliance_test!r}: compliance tests are "
+                             "not supported yet; leave it unset")
 
     @property
     def spec(self) -> ModelSpec:

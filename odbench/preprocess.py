@@ -1,6 +1,6 @@
 """Decode, resize and store images as uint8, and turn stored images into model inputs.
 
-Stored: `preprocessed/<res>/<jpeg md5>.npy`, uint8 HWC RGB, res x res (cv2.resize INTER_LINEAR, no
+Stored: `preprocessed/v<version>/<res>/<jpeg md5>.npy`, uint8 HWC RGB, res x res (cv2.resize INTER_LINEAR, no
 crop, aspect ratio not kept: the MLPerf reference). Keyed by the JPEG's content, so every N and
 every source holding the same image shares one file. Normalization to the model's float32 NCHW
 happens when LoadGen loads samples (its untimed step): float32 would take 4x the space.
@@ -20,11 +20,11 @@ from odbench.dataset import DatasetManifest
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 
-PREPROCESS_VERSION = 1  # bump when the stored bytes would change
+PREPROCESS_VERSION = 1  # bump when the stored bytes would change: it is part of every stored path
 
 
 def preprocessed_path(resolution: int, image_md5: str) -> str:
-    return f"preprocessed/{resolution}/{image_md5}.npy"
+    return f"preprocessed/v{PREPROCESS_VERSION}/{resolution}/{image_md5}.npy"
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def load_uint8(storage: Storage, resolution: int, image_md5: str) -> np.ndarray:
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 HWC RGB to the model's float32 [1,3,R,R]: /255, then mean/std where the spec says."""
-    x = rgb.astype(np.float32) * np.float32(1 / 255)
+    x = rgb.astype(np.float32) / np.float32(255)
     if spec.mean is not None and spec.std is not None:
         x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])

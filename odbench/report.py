@@ -13,8 +13,8 @@ def _fmt(value: float | None, unit: str = "", digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
 
-def model_label(result: BenchmarkResult) -> str:
-    return f"{result.model_name} [STAND-IN]" if result.stand_in else result.model_name
+def model_label(model_name: str, stand_in: bool) -> str:
+    return f"{model_name} [STAND-IN]" if stand_in else model_name
 
 
 def _latency_ms(result: BenchmarkResult, key: str) -> float | None:
@@ -25,7 +25,7 @@ def _latency_ms(result: BenchmarkResult, key: str) -> float | None:
 def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
     """The headline metrics as table rows of JSON types (Prefect table artifacts need that)."""
     rows: list[tuple[str, Any]] = [
-        ("model", model_label(result)),
+        ("model", model_label(result.model_name, result.stand_in)),
         ("stand_in", result.stand_in),
         ("dataset", result.dataset),
         ("dataset_size", result.dataset_size),
@@ -45,7 +45,7 @@ def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
 def summary_markdown(result: BenchmarkResult) -> str:
     """The run's report for the Prefect UI."""
     lines = [
-        f"# detect: {model_label(result)}",
+        f"# detect: {model_label(result.model_name, result.stand_in)}",
         "",
         f"> **{STAND_IN_NOTE}**" if result.stand_in else f"Model file md5 `{result.model_md5}`.",
         "",
@@ -67,7 +67,7 @@ def _cell(value: Any) -> str:
 def terminal_summary(result: BenchmarkResult) -> str:
     """A few lines for the terminal."""
     lines = [
-        f"model        {model_label(result)}" + ("  <- " + STAND_IN_NOTE if result.stand_in else ""),
+        f"model        {model_label(result.model_name, result.stand_in)}" + ("  <- " + STAND_IN_NOTE if result.stand_in else ""),
         f"dataset      {result.dataset} (first {result.dataset_size} images)",
         f"loadgen      {result.scenario} / {result.mode}, providers {', '.join(result.providers)}",
         f"mAP          {_fmt(result.mAP, '%')}",

@@ -4,7 +4,7 @@ Layout (the same on every backend):
 
     sources/<md5>/<name>                  fetched files (archives, annotations, images), by content
     models/<model_name>/<md5>/<file>.onnx model files, real or stand-in, by content
-    preprocessed/<res>/<image md5>.npy    uint8 HWC RGB at res x res, shared by every N and source
+    preprocessed/v<n>/<res>/<image md5>.npy    uint8 HWC RGB at res x res, shared by every N and source
     datasets/<digest>.json                dataset manifests (the first N images of a source)
     synthetic/seed-<s>-n-<n>/             generated COCO-layout datasets
     runs/<run id>/                        LoadGen logs, user.conf, result.json

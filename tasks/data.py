@@ -15,7 +15,7 @@ from odbench.storage import Storage
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:
-    return f"download|{p['storage'].url}|{dataset.fingerprint(p['source'], p['dataset_size'])}"
+    return f"download|{p['storage'].url}|{p['fingerprint']}"
 
 
 def _preprocess_key(_: TaskRunContext, p: dict) -> str:
@@ -34,8 +34,11 @@ class _Progress(LogProgress):
 
 
 @task(name="download", cache_key_fn=_download_key, persist_result=True)
-def download_dataset(source: DatasetSource, dataset_size: int, storage: Storage) -> DatasetManifest:
-    """The annotation file and the first N images of the source, verified, in storage."""
+def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str, storage: Storage) -> DatasetManifest:
+    """The annotation file and the first N images of the source, verified, in storage.
+
+    `fingerprint` is `odbench.dataset.fingerprint(source, dataset_size)`, computed by the caller so
+    that a failure to reach the source is an error of the flow, not a silently skipped cache key."""
     get_run_logger().info("fetching the first %d images of %s into %s", dataset_size, source.describe(), storage.uri())
     return dataset.ingest(source, dataset_size, storage, _Progress(f"download {dataset_size} images"))
 

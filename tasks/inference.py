@@ -8,6 +8,8 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from odbench import benchmark
+from odbench.accuracy import ENCODING_VERSION
+from odbench.preprocess import PREPROCESS_VERSION
 from odbench.benchmark import BenchmarkResult
 from odbench.dataset import DatasetManifest
 from odbench.model_store import StoredModel
@@ -19,8 +21,9 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     params: BenchmarkParams = p["params"]
     if params.loadgen_mode != "AccuracyOnly":
         return None
-    return "|".join(["inference", p["storage"].url, p["model"].md5, p["manifest"].digest,
-                     repr(params.loadgen_config), params.execution_device.lower(), str(params.cpu_threads)])
+    return "|".join(["inference", p["storage"].url, params.spec.name, p["model"].md5, p["manifest"].digest,
+                     f"v{PREPROCESS_VERSION}.{ENCODING_VERSION}", repr(params.loadgen_config),
+                     params.execution_device.lower(), str(params.cpu_threads)])
 
 
 @task(name="inference", cache_key_fn=_inference_key, persist_result=True)

@@ -13,13 +13,15 @@ from odbench.storage import Storage
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:
-    spec: ModelSpec = p["spec"]
-    return f"model|{p['storage'].url}|{spec.name}|{model_store.fingerprint(spec, p['model_url'], p['model_md5'])}"
+    return f"model|{p['storage'].url}|{p['spec'].name}|{p['fingerprint']}"
 
 
 @task(name="fetch-model", cache_key_fn=_model_key, persist_result=True)
-def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:
-    """The model file (registry URL, any URL, or the stand-in), validated, in storage."""
+def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, fingerprint: str,
+                storage: Storage) -> StoredModel:
+    """The model file (registry URL, any URL, or the stand-in), validated, in storage.
+
+    `fingerprint` is `odbench.model_store.fingerprint(...)`, computed by the caller (see download)."""
     model = model_store.fetch_model(spec, model_url, model_md5, storage)
     kind = "STAND-IN " if model.stand_in else ""
     get_run_logger().info("%smodel %s md5 %s at %s", kind, spec.name, model.md5, storage.uri(model.rel))

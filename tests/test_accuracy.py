@@ -50,8 +50,7 @@ class GroundTruthBackend:
 def _loadgen_map(tmp_path, annotations: dict, spec: ModelSpec, n: int, iou: float = 1.0,
                  scenario: str = "Offline") -> float:
     library = SampleLibrary(n, lambda idx: np.asarray([idx]))
-    sut = DetectionSUT(GroundTruthBackend(annotations, spec, iou), library, spec,
-                       coco.contiguous_to_coco_ids(annotations))
+    sut = DetectionSUT(GroundTruthBackend(annotations, spec, iou), library, spec)
     run = run_loadgen(sut, LoadGenConfig(scenario, "AccuracyOnly"), spec.loadgen_model, tmp_path / "logs")
     decoded = decode_accuracy_log(run.log_dir / "mlperf_log_accuracy.json")
     assert sorted(decoded) == list(range(n))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, stored_files
 
@@ -51,7 +52,8 @@ def test_every_scenario_and_mode_on_both_standins(synthetic_dir, shared_storage,
     if mode == "AccuracyOnly":
         assert 0.0 <= result.mAP <= 100.0 and len(result.coco_stats) == 12
         assert sorted(e["qsl_idx"] for e in accuracy_entries) == list(range(N))
-        assert result.validity is None and result.samples_per_second > 0
+        assert result.validity is None and result.performance is None and result.samples_per_second > 0
+        assert result.samples_per_second_source.startswith("accuracy pass")
     else:
         summary = summarize(run_dir / "mlperf_log_detail.txt", scenario, mode)
         assert result.mAP is None and accuracy_entries == []
@@ -88,11 +90,37 @@ def test_unknown_model_fails_before_any_download(storage):
     assert stored_files(storage) == []
 
 
-@pytest.mark.parametrize("bad", [dict(loadgen_scenario="Server2"), dict(loadgen_mode="Fast"),
-                                 dict(loadgen_target_qps=0), dict(execution_device="tpu")])
-def test_bad_settings_fail_before_any_work(bad):
-    with pytest.raises(ValueError, match="|".join(["valid", "positive", "use one of"])):
+@pytest.mark.parametrize("bad, says", [
+    (dict(loadgen_scenario="Server2"), "valid: Offline, SingleStream"),
+    (dict(loadgen_mode="Fast"), "valid: AccuracyOnly, PerformanceOnly"),
+    (dict(loadgen_target_qps=0), "must be positive"),
+    (dict(execution_device="tpu"), "use one of: auto, cpu"),
+    (dict(framework="tflite"), "runs onnx models"),
+    (dict(batch_size=8), "use batch_size=1"),
+    (dict(loadgen_multistreamness=8), "MultiStream"),
+    (dict(loadgen_compliance_test="TEST01"), "not supported yet"),
+])
+def test_bad_settings_fail_before_any_work(bad, says):
+    with pytest.raises(ValueError, match=says):
         BenchmarkParams(**bad)
+
+
+def test_official_settings_apply_on_every_run_in_a_process(synthetic_dir, shared_storage):
+    """LoadGen's mlperf.conf values for `retinanet` Offline, read back from its own detail log, twice."""
+    for _ in range(2):
+        result = run_benchmark(_params(synthetic_dir, model_name="retinanet", loadgen_dataset_size=4), shared_storage)
+        assert result.effective_settings["min_duration_ms"] == 600000
+        assert result.effective_settings["min_sample_count"] == 24576
+        assert result.loadgen_errors == []
+
+
+def test_ssd_labels_map_through_cocos_80_ids():
+    from odbench.accuracy import encode_detections
+
+    rows = encode_detections(7, np.asarray([[0.1, 0.2, 0.3, 0.4]] * 3), np.asarray([0.9, 0.8, 0.7]),
+                             np.asarray([1, 12, 80]), get_spec("ssd_resnet34"))
+    assert rows[:, 6].tolist() == [1, 13, 90]  # person, stop sign (id 12 is unused), toothbrush
+    assert rows[0, :6].tolist() == pytest.approx([7, 0.2, 0.1, 0.4, 0.3, 0.9])
 
 
 def test_dataset_too_small_names_both_numbers(synthetic_dir, storage):

@@ -49,6 +49,28 @@ def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
     return round(100.0 * evaluator.stats[0], 3), image_ids
 
 
+def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_dir: Path, images: list[dict]):
+    """Preprocess each image and encode the stand-in's outputs as REFERENCE.md sections 3-4 say,
+    independently of odbench, and compare with the accuracy log's rows."""
+    import cv2
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    coco_ids = [0, *sorted(c["id"] for c in json.loads((coco_dir / "annotations/instances_val2017.json")
+                                                       .read_text())["categories"])]
+    logged = {e["qsl_idx"]: np.frombuffer(bytes.fromhex(e["data"]), np.float32).reshape(-1, 7)
+              for e in json.loads(accuracy_log.read_text())}
+    for idx, image in enumerate(images):
+        rgb = cv2.cvtColor(cv2.imread(str(coco_dir / "val2017" / image["file_name"])), cv2.COLOR_BGR2RGB)
+        x = cv2.resize(rgb, (1200, 1200), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+        x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        bboxes, labels, scores = session.run(["bboxes", "labels", "scores"], {"image": x.transpose(2, 0, 1)[None]})
+        expected = np.column_stack([np.full(len(scores[0]), idx), bboxes[0][:, [1, 0, 3, 2]], scores[0],
+                                    np.asarray(coco_ids, np.float32)[labels[0]]])
+        assert logged[idx].shape == expected.shape and len(expected) > 0
+        np.testing.assert_allclose(logged[idx], expected, atol=1e-4)
+
+
 def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
     args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", "standin",
@@ -63,8 +85,11 @@ def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, co
     annotation_file = coco_dir / "annotations/instances_val2017.json"
     independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file)
     assert independent == result["mAP"]
-    first_20 = [im["id"] for im in json.loads(annotation_file.read_text())["images"][:20]]
-    assert sorted(image_ids) == sorted(first_20)
+    first_20 = json.loads(annotation_file.read_text())["images"][:20]
+    assert sorted(image_ids) == sorted(im["id"] for im in first_20)
+    store = tmp_path / "store"
+    model_file = next((store / "models" / "ssd_resnet34" / result["model_md5"]).iterdir())
+    _assert_log_is_the_models_output(run_dir / "mlperf_log_accuracy.json", model_file, coco_dir, first_20)
 
     again = _cli(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -97,8 +122,27 @@ def test_flow_publishes_artifacts_and_caches_by_content(prefect_api, tmp_path, s
     bigger = detect(**{**common, "loadgen_dataset_size": 10})
     assert bigger["task_states"]["download"] == "Completed"  # a new N is new content
     assert bigger["task_states"]["fetch-model"] == "Cached"
-    perf = detect(**{**common, "loadgen_mode": "PerformanceOnly", "loadgen_count_override": 16})
-    assert perf["task_states"]["inference"] == "Completed" and perf["mAP"] is None
+    for _ in range(2):  # a timing is a measurement: never served from the cache
+        perf = detect(**{**common, "loadgen_mode": "PerformanceOnly", "loadgen_count_override": 16})
+        assert perf["task_states"]["inference"] == "Completed" and perf["mAP"] is None
+
+
+def test_a_replaced_model_file_is_a_new_model(prefect_api, tmp_path, synthetic_dir):
+    from flows.detect import detect
+    from odbench.models import get_spec
+    from odbench.standin import build_standin
+
+    path = tmp_path / "my-retinanet.onnx"
+    common = dict(model_name="retinanet", loadgen_dataset_size=4, model_url=str(path),
+                  dataset_url=str(synthetic_dir), storage_url=str(tmp_path / "store"))
+    path.write_bytes(build_standin(get_spec("retinanet"), seed=0))
+    first = detect(**common)
+    path.write_bytes(build_standin(get_spec("retinanet"), seed=1))
+    stamp = path.stat().st_mtime + 5
+    os.utime(path, (stamp, stamp))  # as a later copy would have
+    second = detect(**common)
+    assert second["task_states"]["fetch-model"] == second["task_states"]["inference"] == "Completed"
+    assert second["model_md5"] != first["model_md5"] and second["stand_in"] is False
 
 
 def test_flow_rejects_unknown_model_before_any_download(prefect_api, tmp_path):
