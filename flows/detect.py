@@ -12,19 +12,21 @@ import logging
 import os
 import sys
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable, Iterable
 
 # The core logs to "odbench.*"; this puts those lines into the flow run's logs (UI and terminal).
 # Deployments set the same variable in prefect.yaml, since their process imports Prefect first.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "odbench")
 
 from prefect import flow  # noqa: E402
+from prefect.logging import get_run_logger  # noqa: E402
 
 from blocks.storage import resolve_storage
 from odbench.cli import add_param_arguments, log_level, params_from_args
 from odbench.dataset import fingerprint, parse_dataset_url
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.params import BenchmarkParams
+from odbench.preprocess import preprocessed_files
 from odbench.report import terminal_summary
 from odbench.benchmark import BenchmarkResult
 from tasks.data import download_dataset, preprocess_images
@@ -70,19 +72,31 @@ def detect(
     params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})
     logging.getLogger("odbench").setLevel(log_level(verbosity))
     block = resolve_storage(storage_block, storage_url)
-    storage, cached = block.storage(), {"result_storage": block.result_storage()}
+    storage, result_storage = block.storage(), block.result_storage()
     source = parse_dataset_url(dataset_url, loadgen_dataset_size)
-    states = {}
+    states: dict[str, str] = {}
 
-    def run(task, *args):
-        state = task.with_options(**cached)(*args, storage=storage, return_state=True)
+    def run(task, *args, outputs: Callable[[Any], Iterable[str]]):
+        """Call a cached task; a cached result whose files storage lost is recomputed, not trusted."""
+        def call(refresh: bool):
+            configured = task.with_options(result_storage=result_storage, refresh_cache=refresh)
+            return configured(*args, storage=storage, return_state=True)
+
+        state = call(False)
+        if state.name == "Cached" and (lost := storage.missing(outputs(state.result()))):
+            get_run_logger().warning("%s: the cached result refers to %d file(s) storage no longer holds (%s); "
+                                     "recomputing", task.name, len(lost), lost[0])
+            state = call(True)
         states[task.name] = state.name
         return state.result()
 
-    manifest = run(download_dataset, source, loadgen_dataset_size, fingerprint(source, loadgen_dataset_size))
-    run(preprocess_images, manifest, params.spec.resolution)
-    model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5))
-    result = run(run_inference, params, manifest, model)
+    resolution = params.spec.resolution
+    manifest = run(download_dataset, source, loadgen_dataset_size, fingerprint(source, loadgen_dataset_size),
+                   outputs=lambda m: m.files)
+    run(preprocess_images, manifest, resolution, outputs=lambda _: preprocessed_files(manifest, resolution))
+    model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5),
+                outputs=lambda m: m.files)
+    result = run(run_inference, params, manifest, model, outputs=lambda r: r.files)
     publish_artifacts(result)
     return {**result.to_json(), "task_states": states}
 

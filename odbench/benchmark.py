@@ -30,6 +30,7 @@ from odbench.preprocess import load_uint8, preprocess, to_model_input
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
+LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
 ACCURACY_PASS_THROUGHPUT = "accuracy pass: samples / SUT inference time (not a LoadGen performance result)"
 
 
@@ -65,6 +66,11 @@ class BenchmarkResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The run's evidence in storage."""
+        return tuple(f"runs/{self.run_id}/{name}" for name in (*LOADGEN_FILES, "result.json"))
 
 
 def environment() -> dict[str, str]:

@@ -108,6 +108,11 @@ class DatasetManifest:
     def size(self) -> int:
         return len(self.images)
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every storage path this manifest refers to."""
+        return (self.annotations_rel, *(im.rel for im in self.images))
+
     def to_json(self) -> dict:
         return {**asdict(self), "digest": self.digest}
 

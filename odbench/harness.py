@@ -70,16 +70,23 @@ class LoadGenConfig:
 
 
 class SampleLibrary:
-    """LoadGen's QSL: loads samples (already normalized) into RAM on LoadGen's request."""
+    """LoadGen's QSL: loads samples (already normalized) into RAM on LoadGen's request.
+
+    A failed load is recorded, never raised: an exception escaping into LoadGen's C++ thread kills
+    the process. The SUT then fails that sample, and the run reports the first error."""
 
     def __init__(self, count: int, load: Callable[[int], np.ndarray]):
         self.count = count
         self._load = load
         self._samples: dict[int, np.ndarray] = {}
+        self.errors: list[BaseException] = []
 
     def load_samples(self, indices: Sequence[int]) -> None:
         for idx in indices:
-            self._samples[idx] = self._load(idx)
+            try:
+                self._samples[idx] = self._load(idx)
+            except Exception as err:  # noqa: BLE001 — see the class docstring
+                self.errors.append(err)
 
     def unload_samples(self, indices: Sequence[int]) -> None:
         for idx in indices:
@@ -171,6 +178,9 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
         lg.DestroySUT(handle)
         lg.DestroyQSL(qsl)
         sut.close()
+    if library.errors:
+        raise RuntimeError(f"{len(library.errors)} sample(s) failed to load; first: {library.errors[0]}") \
+            from library.errors[0]
     if sut.errors:
         raise RuntimeError(f"{len(sut.errors)} inference(s) failed; first: {sut.errors[0]!r}") from sut.errors[0]
     return LoadGenRun(log_dir, user_conf)

@@ -28,6 +28,10 @@ class StoredModel:
     stand_in: bool
     source: str  # the URL it came from, or "standin"
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.rel,)
+
 
 def _standin_builder_digest() -> str:
     """The stand-in builder's own source: a new builder means a new model, and a new cache key."""

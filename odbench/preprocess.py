@@ -20,11 +20,15 @@ from odbench.dataset import DatasetManifest
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 
-PREPROCESS_VERSION = 1  # bump when the stored bytes would change: it is part of every stored path
+PREPROCESS_VERSION = 2  # bump when the stored bytes would change: it is part of every stored path
 
 
 def preprocessed_path(resolution: int, image_md5: str) -> str:
     return f"preprocessed/v{PREPROCESS_VERSION}/{resolution}/{image_md5}.npy"
+
+
+def preprocessed_files(manifest: DatasetManifest, resolution: int) -> tuple[str, ...]:
+    return tuple(preprocessed_path(resolution, im.md5) for im in manifest.images)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -66,6 +66,10 @@ class Storage:
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
+
+    def missing(self, rels: Iterable[str]) -> list[str]:
+        """Those of `rels` that storage does not hold (to check what a cached manifest promises)."""
+        return [rel for rel in rels if not self.exists(rel)]
 
     def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
         return self.fs.open(self.path(rel), mode)

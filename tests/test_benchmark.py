@@ -163,3 +163,18 @@ def test_model_md5_mismatch_names_url_and_sums_and_stores_nothing(tmp_path, synt
     with pytest.raises(ChecksumMismatchError, match=f"{model}: expected {wrong}, got [0-9a-f]{{32}}"):
         run_benchmark(_params(synthetic_dir, model_name="retinanet", model_url=str(model), model_md5=wrong), storage)
     assert not [f for f in stored_files(storage) if f.startswith("models/")]
+
+
+def test_a_sample_that_fails_to_load_fails_the_run_without_killing_the_process(tmp_path):
+    from odbench.harness import DetectionSUT, LoadGenConfig, SampleLibrary, run_loadgen
+
+    spec = get_spec("retinanet")
+
+    def load(idx: int) -> np.ndarray:
+        if idx == 2:
+            raise FileNotFoundError("preprocessed sample 2 is gone")
+        return np.zeros((1, 3, 800, 800), np.float32)
+
+    sut = DetectionSUT(OnnxBackend(build_standin(spec), spec, "cpu"), SampleLibrary(4, load), spec)
+    with pytest.raises(RuntimeError, match="1 sample\\(s\\) failed to load; first: preprocessed sample 2 is gone"):
+        run_loadgen(sut, LoadGenConfig("Offline", "AccuracyOnly"), spec.loadgen_model, tmp_path / "logs")

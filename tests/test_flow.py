@@ -164,3 +164,20 @@ def test_saved_storage_block_decides_where_everything_lives(prefect_api, tmp_pat
     assert out["run_dir"] == f"file://{root}/runs/{out['run_id']}"
     assert {"sources", "preprocessed", "models", "datasets", "runs", "prefect-results"} <= {p.name for p in root.iterdir()}
     assert any((root / "prefect-results").iterdir())
+
+
+def test_a_cached_result_whose_files_are_gone_is_recomputed(prefect_api, tmp_path, synthetic_dir):
+    import shutil
+
+    from flows.detect import detect
+
+    common = dict(model_name="retinanet", loadgen_dataset_size=6, model_url="standin",
+                  dataset_url=str(synthetic_dir), storage_url=str(tmp_path / "store"))
+    first = detect(**common)
+    shutil.rmtree(tmp_path / "store" / "preprocessed")
+    shutil.rmtree(tmp_path / "store" / "runs")
+    again = detect(**common)
+    states = again["task_states"]
+    assert states["download"] == states["fetch-model"] == "Cached"
+    assert states["preprocess"] == states["inference"] == "Completed"
+    assert again["mAP"] == first["mAP"] and again["run_id"] != first["run_id"]
