@@ -79,7 +79,8 @@ def detect(
     def run(task, *args, outputs: Callable[[Any], Iterable[str]]):
         """Call a cached task; a cached result whose files storage lost is recomputed, not trusted."""
         def call(refresh: bool):
-            configured = task.with_options(result_storage=result_storage, refresh_cache=refresh)
+            # None, not False: PREFECT_TASKS_REFRESH_CACHE=true still forces a refresh
+            configured = task.with_options(result_storage=result_storage, refresh_cache=refresh or None)
             return configured(*args, storage=storage, return_state=True)
 
         state = call(False)

@@ -26,7 +26,7 @@ from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.params import BenchmarkParams
 from odbench.progress import LogProgress
-from odbench.preprocess import load_uint8, preprocess, to_model_input
+from odbench.preprocess import load_uint8, preprocess, preprocessed_files, to_model_input
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,9 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
+    if lost := storage.missing(preprocessed_files(manifest, spec.resolution)):
+        raise FileNotFoundError(f"{len(lost)} preprocessed sample(s) missing from {storage.uri()}, e.g. {lost[0]}: "
+                                "run the preprocessing step again")
     library = SampleLibrary(len(images), lambda i: to_model_input(load_uint8(storage, spec.resolution, images[i].md5), spec))
     sut = DetectionSUT(backend, library, spec)
     log.info("LoadGen %s %s over %d samples on %s", config.scenario, config.mode, len(images), backend.providers)

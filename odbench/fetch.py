@@ -21,6 +21,9 @@ from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+# fsspec info() fields that change when a file is replaced: local, S3, HTTP headers, GCS
+CHANGE_STAMPS = ("mtime", "LastModified", "last_modified", "Last-Modified", "ETag", "etag", "Content-MD5",
+                 "Digest", "md5Hash", "updated", "created")
 LOG_PROGRESS_ABOVE = 16 << 20  # bytes: smaller files are fetched silently
 
 
@@ -52,8 +55,12 @@ def aiohttp_errors() -> type[Exception] | tuple[type[Exception], ...]:
 
 def info_signature(info: dict) -> str:
     """Size and change stamps from an fsspec `info()` entry: what a cache key can know without reading."""
-    keys = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "created")
-    return ":".join(f"{key}={info[key]}" for key in keys if info.get(key) is not None)
+    return ":".join(f"{key}={info[key]}" for key in ("size", *CHANGE_STAMPS) if info.get(key) is not None)
+
+
+def has_change_stamp(signature: str) -> bool:
+    """Whether a signature can tell a replaced file of the same size from the original."""
+    return any(part.split("=", 1)[0] in CHANGE_STAMPS for part in signature.split(":"))
 
 
 def url_signature(url: str) -> str:
@@ -61,7 +68,7 @@ def url_signature(url: str) -> str:
     try:
         fs, path = fsspec.core.url_to_fs(url)
         return info_signature(fs.info(path))
-    except (OSError, ValueError, NotImplementedError) as err:
+    except (OSError, ValueError, NotImplementedError, aiohttp_errors()) as err:
         raise SourceUnavailableError(f"cannot read {url}: {err}") from err
 
 

@@ -50,6 +50,13 @@ class LoadGenConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"loadgen_{name} must be positive, got {value}")
+        for name in ("min_duration_s", "max_duration_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"loadgen_{name} must be 0 or more, got {value}")
+        if self.min_duration_s and self.max_duration_s and self.min_duration_s > self.max_duration_s:
+            raise ValueError(f"loadgen_min_duration_s ({self.min_duration_s}) is above loadgen_max_duration_s "
+                             f"({self.max_duration_s})")
 
     def user_conf(self, model_key: str, total_count: int) -> str:
         """The user.conf lines for these settings, under LoadGen's key for the model."""

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from odbench import standin
-from odbench.fetch import StoredFile, fetch, store_bytes, url_signature
+from odbench.fetch import StoredFile, fetch, has_change_stamp, store_bytes, url_signature
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
 
+log = logging.getLogger(__name__)
 STANDIN = "standin"
 
 
@@ -45,7 +48,14 @@ def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None) -
         return f"standin:{spec.name}:{_standin_builder_digest()}"
     if not model_url:
         return f"md5:{spec.md5}"
-    return f"md5:{model_md5}" if model_md5 else f"url:{model_url}:{url_signature(model_url)}"
+    if model_md5:
+        return f"md5:{model_md5}"
+    signature = url_signature(model_url)
+    if not has_change_stamp(signature):
+        log.warning("%s gives no modification time or ETag: it is fetched on every run (pass model_md5 "
+                    "to reuse it)", model_url)
+        return f"url:{model_url}:unversioned:{uuid.uuid4().hex}"
+    return f"url:{model_url}:{signature}"
 
 
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:

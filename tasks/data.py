@@ -12,14 +12,15 @@ from odbench.dataset import DatasetManifest, DatasetSource
 from odbench.progress import LogProgress
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
 from odbench.storage import Storage
+from tasks.keys import cache_key
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:
-    return f"download|{p['storage'].url}|{p['fingerprint']}"
+    return cache_key("download", p["storage"].url, p["fingerprint"])
 
 
 def _preprocess_key(_: TaskRunContext, p: dict) -> str:
-    return f"preprocess|{p['storage'].url}|{p['manifest'].digest}|{p['resolution']}|v{PREPROCESS_VERSION}"
+    return cache_key("preprocess", p["storage"].url, p["manifest"].digest, p["resolution"], PREPROCESS_VERSION)
 
 
 class _Progress(LogProgress):

@@ -15,15 +15,16 @@ from odbench.dataset import DatasetManifest
 from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
 from odbench.storage import Storage
+from tasks.keys import cache_key
 
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     params: BenchmarkParams = p["params"]
     if params.loadgen_mode != "AccuracyOnly":
         return None
-    return "|".join(["inference", p["storage"].url, params.spec.name, p["model"].md5, p["manifest"].digest,
-                     f"v{PREPROCESS_VERSION}.{ENCODING_VERSION}", repr(params.loadgen_config),
-                     params.execution_device.lower(), str(params.cpu_threads)])
+    return cache_key("inference", p["storage"].url, params.spec.name, p["model"].md5, p["manifest"].digest,
+                     PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
+                     params.execution_device.lower(), params.cpu_threads)
 
 
 @task(name="inference", cache_key_fn=_inference_key, persist_result=True)

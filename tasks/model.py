@@ -10,10 +10,11 @@ from odbench import model_store
 from odbench.model_store import StoredModel
 from odbench.models import ModelSpec
 from odbench.storage import Storage
+from tasks.keys import cache_key
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:
-    return f"model|{p['storage'].url}|{p['spec'].name}|{p['fingerprint']}"
+    return cache_key("model", p["storage"].url, p["spec"].name, p["fingerprint"])
 
 
 @task(name="fetch-model", cache_key_fn=_model_key, persist_result=True)

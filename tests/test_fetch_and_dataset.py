@@ -103,3 +103,16 @@ def test_dataset_url_forms():
 def test_real_mini_set_ingests(mini_dir, storage):
     manifest = ingest(FolderSource(str(mini_dir)), 20, storage)
     assert [im.id for im in manifest.images] == _annotation_order(mini_dir)[:20]
+
+
+def test_a_replaced_file_changes_its_signature_over_http(tmp_path, serve_dir):
+    import os
+
+    from odbench.fetch import has_change_stamp, url_signature
+
+    (tmp_path / "m.onnx").write_bytes(b"a" * 100)
+    url = f"{serve_dir(tmp_path)}/m.onnx"
+    before = url_signature(url)
+    (tmp_path / "m.onnx").write_bytes(b"b" * 100)  # same size, new content, later mtime
+    os.utime(tmp_path / "m.onnx", (os.path.getmtime(tmp_path / "m.onnx") + 5,) * 2)
+    assert has_change_stamp(before) and url_signature(url) != before

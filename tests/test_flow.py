@@ -93,8 +93,11 @@ def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, co
 
     again = _cli(args, env)
     assert again.returncode == 0, again.stderr[-3000:]
-    states = json.loads(again.stdout.strip().splitlines()[-1])["task_states"]
+    repeated = json.loads(again.stdout.strip().splitlines()[-1])
+    states = repeated["task_states"]
     assert states["download"] == states["preprocess"] == states["fetch-model"] == "Cached"
+    assert states["inference"] == "Cached" and repeated["run_id"] == result["run_id"]  # AccuracyOnly
+    assert "Error encountered when computing cache key" not in again.stderr + first.stderr
 
 
 def test_cli_failure_exits_nonzero_with_the_reason(tmp_path):
