@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow
 
-from flows.detect import detect
+from flows.detect import detect, offline_server_defaults
 from odbench.report import STAND_IN_NOTE, model_label
 
 MODELS = ("ssd_resnet34", "retinanet")
@@ -43,4 +43,5 @@ def print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
+    offline_server_defaults()
     print_table(demo(storage_url=sys.argv[1] if len(sys.argv) > 1 else None))

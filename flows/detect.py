@@ -102,6 +102,12 @@ def detect(
     return {**result.to_json(), "task_states": states}
 
 
+def offline_server_defaults() -> None:
+    """The temporary Prefect server a command starts (without PREFECT_API_URL) would otherwise send
+    usage telemetry, which fails with logged errors on offline machines."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows.detect", description=detect.__doc__.splitlines()[0])
     add_param_arguments(parser)
@@ -113,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    offline_server_defaults()
     logging.basicConfig(level=logging.WARNING)
     try:
         out = detect(**params_from_args(args), storage_block=args.storage_block, storage_url=args.storage_url)
