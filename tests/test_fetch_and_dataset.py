@@ -116,3 +116,11 @@ def test_a_replaced_file_changes_its_signature_over_http(tmp_path, serve_dir):
     (tmp_path / "m.onnx").write_bytes(b"b" * 100)  # same size, new content, later mtime
     os.utime(tmp_path / "m.onnx", (os.path.getmtime(tmp_path / "m.onnx") + 5,) * 2)
     assert has_change_stamp(before) and url_signature(url) != before
+
+
+def test_a_coco_folder_served_over_http_is_the_same_dataset(tmp_path, synthetic_dir, serve_dir):
+    url = f"{serve_dir(synthetic_dir)}"
+    over_http = ingest(FolderSource(url), 8, Storage(str(tmp_path / "a")))
+    local = ingest(FolderSource(str(synthetic_dir)), 8, Storage(str(tmp_path / "b")))
+    assert over_http.digest == local.digest
+    assert dataset.fingerprint(FolderSource(url), 8) == dataset.fingerprint(FolderSource(url), 8)
