@@ -22,13 +22,13 @@ from prefect import flow  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
 from blocks.storage import resolve_storage
+from odbench.benchmark import BenchmarkResult
 from odbench.cli import add_param_arguments, log_level, params_from_args
 from odbench.dataset import fingerprint, parse_dataset_url
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.params import BenchmarkParams
 from odbench.preprocess import preprocessed_files
 from odbench.report import terminal_summary
-from odbench.benchmark import BenchmarkResult
 from tasks.data import download_dataset, preprocess_images
 from tasks.inference import run_inference
 from tasks.model import fetch_model

@@ -25,8 +25,8 @@ from odbench.harness import DetectionSUT, SampleLibrary, run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.params import BenchmarkParams
-from odbench.progress import LogProgress
 from odbench.preprocess import load_uint8, preprocess, preprocessed_files, to_model_input
+from odbench.progress import LogProgress
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class CocoCategory:
     id: int

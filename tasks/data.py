@@ -9,8 +9,8 @@ from prefect.logging import get_run_logger
 
 from odbench import dataset
 from odbench.dataset import DatasetManifest, DatasetSource
-from odbench.progress import LogProgress
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
+from odbench.progress import LogProgress
 from odbench.storage import Storage
 from tasks.keys import cache_key
 

@@ -9,11 +9,11 @@ from prefect.logging import get_run_logger
 
 from odbench import benchmark
 from odbench.accuracy import ENCODING_VERSION
-from odbench.preprocess import PREPROCESS_VERSION
 from odbench.benchmark import BenchmarkResult
 from odbench.dataset import DatasetManifest
 from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
+from odbench.preprocess import PREPROCESS_VERSION
 from odbench.storage import Storage
 from tasks.keys import cache_key
 
