@@ -58,16 +58,16 @@ def info_signature(info: dict) -> str:
     return ":".join(f"{key}={info[key]}" for key in ("size", *CHANGE_STAMPS) if info.get(key) is not None)
 
 
-def has_change_stamp(signature: str) -> bool:
-    """Whether a signature can tell a replaced file of the same size from the original."""
-    return any(part.split("=", 1)[0] in CHANGE_STAMPS for part in signature.split(":"))
+def has_change_stamp(info: dict) -> bool:
+    """Whether an `info()` entry can tell a replaced file of the same size from the original."""
+    return any(info.get(key) is not None for key in CHANGE_STAMPS)
 
 
-def url_signature(url: str) -> str:
-    """The signature of one URL's file, or an error that names the URL."""
+def url_info(url: str) -> dict:
+    """fsspec's `info()` of one URL's file (no download), or an error that names the URL."""
     try:
         fs, path = fsspec.core.url_to_fs(url)
-        return info_signature(fs.info(path))
+        return fs.info(path)
     except (OSError, ValueError, NotImplementedError, aiohttp_errors()) as err:
         raise SourceUnavailableError(f"cannot read {url}: {err}") from err
 

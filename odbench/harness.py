@@ -58,9 +58,13 @@ class LoadGenConfig:
             raise ValueError(f"loadgen_min_duration_s ({self.min_duration_s}) is above loadgen_max_duration_s "
                              f"({self.max_duration_s})")
 
+    def performance_count(self, total_count: int) -> int:
+        """Samples LoadGen keeps loaded in performance mode: the buffer size, at most the dataset."""
+        return min(self.buffer_size, total_count)
+
     def user_conf(self, model_key: str, total_count: int) -> str:
         """The user.conf lines for these settings, under LoadGen's key for the model."""
-        lines: dict[str, float] = {"performance_sample_count_override": min(self.buffer_size, total_count)}
+        lines: dict[str, float] = {"performance_sample_count_override": self.performance_count(total_count)}
         if self.target_qps is not None:
             lines["target_qps"] = self.target_qps
         if self.target_latency_ms is not None:
@@ -176,7 +180,7 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
     log_settings.log_output.outdir = str(log_dir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
-    qsl = lg.ConstructQSL(library.count, min(config.buffer_size, library.count),
+    qsl = lg.ConstructQSL(library.count, config.performance_count(library.count),
                           library.load_samples, library.unload_samples)
     handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
     try:

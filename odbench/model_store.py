@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from odbench import standin
-from odbench.fetch import StoredFile, fetch, has_change_stamp, store_bytes, url_signature
+from odbench.fetch import StoredFile, fetch, has_change_stamp, info_signature, store_bytes, url_info
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
@@ -50,12 +50,12 @@ def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None) -
         return f"md5:{spec.md5}"
     if model_md5:
         return f"md5:{model_md5}"
-    signature = url_signature(model_url)
-    if not has_change_stamp(signature):
+    info = url_info(model_url)
+    if not has_change_stamp(info):
         log.warning("%s gives no modification time or ETag: it is fetched on every run (pass model_md5 "
                     "to reuse it)", model_url)
         return f"url:{model_url}:unversioned:{uuid.uuid4().hex}"
-    return f"url:{model_url}:{signature}"
+    return f"url:{model_url}:{info_signature(info)}"
 
 
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:

@@ -108,14 +108,14 @@ def test_real_mini_set_ingests(mini_dir, storage):
 def test_a_replaced_file_changes_its_signature_over_http(tmp_path, serve_dir):
     import os
 
-    from odbench.fetch import has_change_stamp, url_signature
+    from odbench.fetch import has_change_stamp, info_signature, url_info
 
     (tmp_path / "m.onnx").write_bytes(b"a" * 100)
     url = f"{serve_dir(tmp_path)}/m.onnx"
-    before = url_signature(url)
+    before = url_info(url)
     (tmp_path / "m.onnx").write_bytes(b"b" * 100)  # same size, new content, later mtime
     os.utime(tmp_path / "m.onnx", (os.path.getmtime(tmp_path / "m.onnx") + 5,) * 2)
-    assert has_change_stamp(before) and url_signature(url) != before
+    assert has_change_stamp(before) and info_signature(url_info(url)) != info_signature(before)
 
 
 def test_a_coco_folder_served_over_http_is_the_same_dataset(tmp_path, synthetic_dir, serve_dir):
