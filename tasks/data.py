@@ -16,11 +16,12 @@ from tasks.keys import cache_key
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:
-    return cache_key("download", p["storage"].url, p["fingerprint"])
+    return cache_key("download", (), p["storage"].url, p["fingerprint"])
 
 
 def _preprocess_key(_: TaskRunContext, p: dict) -> str:
-    return cache_key("preprocess", p["storage"].url, p["manifest"].digest, p["resolution"], PREPROCESS_VERSION)
+    return cache_key("preprocess", (p["resolution"],), p["storage"].url, p["manifest"].digest, p["resolution"],
+                     PREPROCESS_VERSION)
 
 
 class _Progress(LogProgress):

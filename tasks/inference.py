@@ -22,8 +22,8 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     params: BenchmarkParams = p["params"]
     if params.loadgen_mode != "AccuracyOnly":
         return None
-    return cache_key("inference", p["storage"].url, params.spec.name, p["model"].md5, p["manifest"].digest,
-                     PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
+    return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
+                     p["manifest"].digest, PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
                      params.execution_device.lower(), params.cpu_threads)
 
 

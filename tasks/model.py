@@ -14,7 +14,7 @@ from tasks.keys import cache_key
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:
-    return cache_key("model", p["storage"].url, p["spec"].name, p["fingerprint"])
+    return cache_key("model", (p["spec"].name,), p["storage"].url, p["spec"].name, p["fingerprint"])
 
 
 @task(name="fetch-model", cache_key_fn=_model_key, persist_result=True)
