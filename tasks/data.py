@@ -12,7 +12,7 @@ from odbench.dataset import DatasetManifest, DatasetSource
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
 from odbench.progress import LogProgress
 from odbench.storage import Storage
-from tasks.keys import cache_key
+from odbench.cache_keys import cache_key
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:

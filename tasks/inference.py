@@ -15,7 +15,7 @@ from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
 from odbench.storage import Storage
-from tasks.keys import cache_key
+from odbench.cache_keys import cache_key
 
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:

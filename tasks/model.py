@@ -10,7 +10,7 @@ from odbench import model_store
 from odbench.model_store import StoredModel
 from odbench.models import ModelSpec
 from odbench.storage import Storage
-from tasks.keys import cache_key
+from odbench.cache_keys import cache_key
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:
