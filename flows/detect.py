@@ -12,41 +12,50 @@ import logging
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
-# The core logs to "odbench.*"; this puts those lines into the flow run's logs (UI and terminal).
-# Deployments set the same variable in prefect.yaml, since their process imports Prefect first.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "odbench")
-
-from prefect import flow  # noqa: E402
-from prefect.logging import get_run_logger  # noqa: E402
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from blocks.storage import resolve_storage
+from odbench.backend import ExecutionDevice
 from odbench.benchmark import BenchmarkResult
 from odbench.cli import add_param_arguments, log_level, params_from_args
 from odbench.dataset import fingerprint, parse_dataset_url
+from odbench.harness import Mode, Scenario
+from odbench.model_store import STANDIN
 from odbench.model_store import fingerprint as model_fingerprint
+from odbench.models import ModelName
 from odbench.params import BenchmarkParams
 from odbench.preprocess import preprocessed_files
 from odbench.report import terminal_summary
 from tasks.data import download_dataset, preprocess_images
 from tasks.inference import run_inference
 from tasks.model import fetch_model
-from tasks.report import publish_artifacts
+from tasks.report import publish_artifacts, slug
 
 D = BenchmarkParams()  # the defaults, declared once
 
 
-@flow(name="detect", log_prints=True)
+def run_name() -> str:
+    """Flow runs are named after what they run: `retinanet-offline-performanceonly[-standin]`."""
+    p = flow_run.parameters
+    kind = ("standin",) if p.get("model_url") == STANDIN else ()
+    return slug(p.get("model_name", D.model_name), p.get("loadgen_scenario", D.loadgen_scenario),
+                p.get("loadgen_mode", D.loadgen_mode), *kind)
+
+
+@flow(name="detect", log_prints=True, flow_run_name=run_name)
 def detect(
-    model_name: str = D.model_name,
-    framework: str = D.framework,
+    model_name: ModelName = D.model_name,
+    framework: Literal["onnx"] = D.framework,
     batch_size: int = D.batch_size,
     verbosity: int = D.verbosity,
     loadgen_dataset_size: int = D.loadgen_dataset_size,
     loadgen_buffer_size: int = D.loadgen_buffer_size,
-    loadgen_scenario: str = D.loadgen_scenario,
-    loadgen_mode: str = D.loadgen_mode,
+    loadgen_scenario: Scenario = D.loadgen_scenario,
+    loadgen_mode: Mode = D.loadgen_mode,
     loadgen_target_qps: float | None = D.loadgen_target_qps,
     loadgen_target_latency: float | None = D.loadgen_target_latency,
     loadgen_count_override: int | None = D.loadgen_count_override,
@@ -54,7 +63,7 @@ def detect(
     loadgen_max_duration_s: float | None = D.loadgen_max_duration_s,
     loadgen_multistreamness: int | None = D.loadgen_multistreamness,
     loadgen_compliance_test: str | None = D.loadgen_compliance_test,
-    execution_device: str = D.execution_device,
+    execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
     model_url: str | None = D.model_url,
@@ -64,9 +73,35 @@ def detect(
 ) -> dict[str, Any]:
     """Fetch COCO and the model, preprocess, run LoadGen, score mAP, publish artifacts.
 
-    dataset_url: unset for the official COCO archives, `synthetic`, or a COCO-layout folder URL.
-    model_url: unset for the registry's URL, `standin`, or any model file URL (model_md5 optional).
-    storage_block / storage_url: a saved BenchmarkStorage block, or a root URL (default: local cache).
+    Args:
+        model_name: The detector: ssd_resnet34 (1200x1200), retinanet / retinanet_coco (800x800, the COCO
+            fine-tune) or retinanet_openimages (its label space differs from COCO's).
+        framework: The inference framework; this benchmark runs onnx models.
+        batch_size: Samples per inference; the official model files take 1.
+        verbosity: Log detail of the benchmark core: 0 warnings only, 1-2 progress, 3 debug.
+        loadgen_dataset_size: N, the first N images of the annotation file (MLPerf's qsl_idx order).
+        loadgen_buffer_size: LoadGen's performance sample count: samples held in memory for timed queries.
+        loadgen_scenario: The LoadGen scenario: Offline (one query of all samples) or SingleStream (one
+            sample per query, latency-bound).
+        loadgen_mode: AccuracyOnly (every sample once, scored as COCO mAP) or PerformanceOnly (timed).
+        loadgen_target_qps: Expected Offline throughput (samples/s); unset uses LoadGen's official value.
+        loadgen_target_latency: Expected SingleStream latency in ms; unset uses LoadGen's official value.
+        loadgen_count_override: Exactly this many queries (and no minimum duration): a short timed run.
+        loadgen_min_duration_s: Minimum duration of a timed run in seconds (official: 600).
+        loadgen_max_duration_s: Maximum duration of a timed run in seconds.
+        loadgen_multistreamness: MultiStream samples per query; not supported yet, leave unset.
+        loadgen_compliance_test: MLPerf compliance test (TEST01, TEST04); not supported yet, leave unset.
+        execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
+            tensorrt/trt. The result says which providers ran.
+        cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.
+        dataset_url: Unset for the official COCO 2017 val archives, `synthetic` for a generated set, or the URL
+            of a COCO-layout folder (annotations/instances_val2017.json, val2017/*.jpg).
+        model_url: Unset for the registry's official file, `standin` for a stand-in with the real I/O
+            contract (its numbers are not the real model's), or any model file URL.
+        model_md5: Expected md5 of the file at model_url; a mismatch fails the run.
+        storage_block: Name of a saved BenchmarkStorage block: where sources, models, runs and history live.
+        storage_url: Storage root URL when no block is given (default: $ODBENCH_STORAGE_URL or
+            ~/.cache/odbench).
     """
     arguments = locals()
     params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 
@@ -19,7 +19,8 @@ DEVICE_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
-DEVICES = ("", "auto", *DEVICE_PROVIDERS)
+ExecutionDevice = Literal["", "auto", "cpu", "cuda", "gpu", "tensorrt", "trt"]
+DEVICES: tuple[str, ...] = get_args(ExecutionDevice)  # "" and "auto" choose CUDA when present
 PROVIDER_LIBRARIES = {
     "CUDAExecutionProvider": "the NVIDIA driver, CUDA and cuDNN",
     "TensorrtExecutionProvider": "TensorRT (libnvinfer), CUDA and cuDNN",

@@ -74,7 +74,9 @@ class BenchmarkResult:
 
 
 def environment() -> dict[str, str]:
-    """Package versions and machine facts that a result depends on."""
+    """Package versions and machine facts (host, CPU, GPU, driver, hardware class) that a result depends on."""
+    from odbench.machine import hardware_class, machine_facts
+
     packages = ("onnxruntime-gpu", "onnxruntime", "mlcommons-loadgen", "numpy", "opencv-python-headless",
                 "pycocotools")
     versions = {}
@@ -83,8 +85,9 @@ def environment() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), **versions}
+    facts = {"python": platform.python_version(), "machine": platform.machine(),
+             "processor": platform.processor() or platform.machine(), **versions, **machine_facts()}
+    return facts | {"hardware_class": hardware_class(facts)}
 
 
 def new_run_id(params: BenchmarkParams) -> str:

@@ -17,18 +17,20 @@ from typing import Any
 from odbench.params import BenchmarkParams
 
 
-def _scalar_type(annotation: Any) -> type:
-    """int / float / str from `int`, `float | None`, ... (annotations are strings here)."""
-    hint = eval(annotation, {}) if isinstance(annotation, str) else annotation  # noqa: S307 — our own literals
+def _option_type(hint: Any) -> tuple[type, tuple | None]:
+    """The argparse type and choices of a field: `int`, `float | None`, `Literal[...]`."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
+    if typing.get_origin(hint) is typing.Literal:
+        return str, typing.get_args(hint)
+    return hint, None
 
 
 def add_param_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = BenchmarkParams()
+    defaults, hints = BenchmarkParams(), typing.get_type_hints(BenchmarkParams)
     for f in fields(BenchmarkParams):
-        parser.add_argument(f"--{f.name}", type=_scalar_type(f.type), default=getattr(defaults, f.name),
+        kind, choices = _option_type(hints[f.name])
+        parser.add_argument(f"--{f.name}", type=kind, choices=choices, default=getattr(defaults, f.name),
                             help=f"default: {getattr(defaults, f.name)!r}")
 
 

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -24,8 +24,10 @@ from odbench.backend import Backend
 from odbench.models import ModelSpec
 
 log = logging.getLogger(__name__)
-SCENARIOS = ("Offline", "SingleStream")
-MODES = ("AccuracyOnly", "PerformanceOnly")
+Scenario = Literal["Offline", "SingleStream"]
+Mode = Literal["AccuracyOnly", "PerformanceOnly"]
+SCENARIOS: tuple[str, ...] = get_args(Scenario)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 Dim = int | None  # None: a dynamic (symbolic) dimension
 
@@ -126,6 +127,7 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 ALIASES = {"retinanet": "retinanet_coco"}
+ModelName = Literal["ssd_resnet34", "retinanet", "retinanet_coco", "retinanet_openimages"]  # MODELS and ALIASES
 
 
 class UnknownModelError(ValueError):

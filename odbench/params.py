@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from odbench.backend import DEVICES
-from odbench.harness import LoadGenConfig
-from odbench.models import ModelSpec, get_spec
+from odbench.backend import DEVICES, ExecutionDevice
+from odbench.harness import LoadGenConfig, Mode, Scenario
+from odbench.models import ModelName, ModelSpec, get_spec
 
 
 @dataclass(frozen=True)
 class BenchmarkParams:
-    model_name: str = "ssd_resnet34"
-    framework: str = "onnx"
+    model_name: ModelName = "ssd_resnet34"
+    framework: Literal["onnx"] = "onnx"
     batch_size: int = 1
     verbosity: int = 2  # 0: warnings only, 1-2: progress, 3+: debug
     loadgen_dataset_size: int = 20
     loadgen_buffer_size: int = 8
-    loadgen_scenario: str = "Offline"
-    loadgen_mode: str = "AccuracyOnly"
+    loadgen_scenario: Scenario = "Offline"
+    loadgen_mode: Mode = "AccuracyOnly"
     loadgen_target_qps: float | None = None
     loadgen_target_latency: float | None = None  # ms
     loadgen_count_override: int | None = None
@@ -26,7 +27,7 @@ class BenchmarkParams:
     loadgen_max_duration_s: float | None = None
     loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
     loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
-    execution_device: str = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
+    execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
     model_url: str | None = None  # None: the registry's URL; "standin"; or any model file URL/path

@@ -8,11 +8,11 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from odbench import dataset
+from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest, DatasetSource
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
 from odbench.progress import LogProgress
 from odbench.storage import Storage
-from odbench.cache_keys import cache_key
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:

@@ -1,5 +1,6 @@
 """The LoadGen run as a task: cached in AccuracyOnly (same model, data and settings give the same
-detections), never in PerformanceOnly (a timing is a measurement, not a function of its inputs)."""
+detections), never in PerformanceOnly (a timing is a measurement, not a function of its inputs).
+It runs while holding the machine's accelerator slot (tasks/accelerator.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from prefect.logging import get_run_logger
 from odbench import benchmark
 from odbench.accuracy import ENCODING_VERSION
 from odbench.benchmark import BenchmarkResult
+from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
 from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
 from odbench.storage import Storage
-from odbench.cache_keys import cache_key
+from tasks.accelerator import exclusive_accelerator
 
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:
@@ -32,7 +34,9 @@ def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: Sto
                   storage: Storage) -> BenchmarkResult:
     """LoadGen over the preprocessed samples; logs and result.json land in the run's folder."""
     logger = get_run_logger()
-    logger.info("LoadGen %s / %s over %d samples", params.loadgen_scenario, params.loadgen_mode, manifest.size)
-    result = benchmark.run_inference(params, manifest, model, storage)
+    with exclusive_accelerator() as slot:
+        logger.info("LoadGen %s / %s over %d samples (holding %s)", params.loadgen_scenario, params.loadgen_mode,
+                    manifest.size, slot)
+        result = benchmark.run_inference(params, manifest, model, storage)
     logger.info("mAP %s, samples/s %s, providers %s", result.mAP, result.samples_per_second, result.providers)
     return result

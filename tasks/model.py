@@ -7,10 +7,10 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from odbench import model_store
+from odbench.cache_keys import cache_key
 from odbench.model_store import StoredModel
 from odbench.models import ModelSpec
 from odbench.storage import Storage
-from odbench.cache_keys import cache_key
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:

@@ -1,4 +1,4 @@
-"""Publishing a result as Prefect artifacts, under keys derived from the model name."""
+"""Publishing a result as Prefect artifacts, under keys that say what was run."""
 
 from __future__ import annotations
 
@@ -11,15 +11,22 @@ from odbench.benchmark import BenchmarkResult
 from odbench.report import metrics_rows, summary_markdown
 
 
-def artifact_key(model_name: str, what: str) -> str:
-    """A valid artifact key (^[a-z0-9-]*$) such as `detect-retinanet-coco-summary`."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"detect-{model_name}-{what}".lower()).strip("-")
+def slug(*parts: object) -> str:
+    """A valid artifact key (^[a-z0-9-]*$) from its parts."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(map(str, parts)).lower()).strip("-")
+
+
+def artifact_key(result: BenchmarkResult, what: str) -> str:
+    """`detect-<model>-<scenario>-<mode>[-standin]-<what>`: the "latest" version of a key is comparable
+    with its earlier versions (same model, scenario and mode, stand-in or not)."""
+    kind = ("standin",) if result.stand_in else ()
+    return slug("detect", result.model_name, result.scenario, result.mode, *kind, what)
 
 
 @task(name="report")
 def publish_artifacts(result: BenchmarkResult) -> list[str]:
     """A markdown summary and a metrics table; returns their keys."""
-    summary, table = artifact_key(result.model_name, "summary"), artifact_key(result.model_name, "metrics")
+    summary, table = artifact_key(result, "summary"), artifact_key(result, "metrics")
     create_markdown_artifact(summary_markdown(result), key=summary,
                              description=f"detect {result.model_name} {result.scenario} {result.mode}")
     create_table_artifact(metrics_rows(result), key=table, description=f"metrics of run {result.run_id}")

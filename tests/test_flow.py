@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from tasks.report import artifact_key
+from tasks.report import slug
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -103,7 +103,7 @@ def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, co
 def test_cli_failure_exits_nonzero_with_the_reason(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
     done = _cli(["--model_name", "nope", "--json"], env)
-    assert done.returncode != 0 and "unknown model_name 'nope'" in done.stderr
+    assert done.returncode != 0 and "invalid choice: 'nope'" in done.stderr and "retinanet_coco" in done.stderr
     assert not (tmp_path / "store").exists()
 
 
@@ -116,8 +116,8 @@ def test_flow_publishes_artifacts_and_caches_by_content(prefect_api, tmp_path, s
                   dataset_url=str(synthetic_dir), storage_url=str(tmp_path / "store"))
     out = detect(**common)
     assert set(out["task_states"].values()) == {"Completed"}
-    summary = Artifact.get(artifact_key("retinanet_coco", "summary"))
-    table = Artifact.get(artifact_key("retinanet_coco", "metrics"))
+    summary = Artifact.get(slug("detect-retinanet_coco-offline-accuracyonly-standin-summary"))
+    table = Artifact.get(slug("detect-retinanet_coco-offline-accuracyonly-standin-metrics"))
     assert summary.type == "markdown" and f"{out['mAP']:.3f}" in summary.data
     assert f"{out['samples_per_second']:.3f}" in summary.data and "STAND-IN" in summary.data
     assert table.type == "table" and "samples_per_second" in table.data
@@ -151,7 +151,9 @@ def test_a_replaced_model_file_is_a_new_model(prefect_api, tmp_path, synthetic_d
 def test_flow_rejects_unknown_model_before_any_download(prefect_api, tmp_path):
     from flows.detect import detect
 
-    with pytest.raises(ValueError, match="known models"):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="retinanet_openimages"):  # the Literal type lists them
         detect(model_name="yolo", storage_url=str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
 

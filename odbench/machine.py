@@ -1,0 +1,98 @@
+"""Machine facts a result depends on (GPU, driver, CPU), and the hardware class that makes two runs comparable."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+NVIDIA_SMI_TIMEOUT_S = 10.0
+NO_ACCELERATOR = "none"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """The NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES honoured) and the driver version."""
+
+    names: tuple[str, ...]
+    driver: str
+
+    @property
+    def name(self) -> str:
+        """The GPU model, e.g. "NVIDIA H200"; a machine with mixed models lists each once, in device order."""
+        return " + ".join(dict.fromkeys(self.names))
+
+
+def accelerator() -> Accelerator | None:
+    """The visible NVIDIA GPUs from nvidia-smi; None when it is absent, fails, or no GPU is visible."""
+    rows = _nvidia_smi_rows()
+    rows = _visible(rows, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if not rows:
+        return None
+    return Accelerator(names=tuple(name for name, _ in rows), driver=rows[0][1])
+
+
+def _nvidia_smi_rows() -> list[tuple[str, str]]:
+    """(name, driver) per GPU in nvidia-smi's index order; empty when nvidia-smi cannot tell."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [tuple(part.strip() for part in line.rsplit(",", 1)) for line in out.splitlines() if "," in line]
+    return [(name, driver) for name, driver in rows if name and driver]
+
+
+def _visible(rows: list[tuple[str, str]], cuda_visible: str | None) -> list[tuple[str, str]]:
+    """Only the GPUs CUDA_VISIBLE_DEVICES names, when it is set to integer indices (UUIDs: all are reported)."""
+    if cuda_visible is None:
+        return rows
+    items = [item.strip() for item in cuda_visible.split(",") if item.strip()]
+    if not all(item.lstrip("-").isdigit() for item in items):
+        return rows
+    return [rows[int(item)] for item in items if 0 <= int(item) < len(rows)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_count() -> int:
+    """Logical CPUs of the machine (0 when unknown)."""
+    return os.cpu_count() or 0
+
+
+def machine_facts() -> dict[str, str]:
+    """Host, CPU and GPU facts as strings, for a result's environment."""
+    gpu = accelerator()
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_count": str(cpu_count()),
+        "accelerator": gpu.name if gpu else NO_ACCELERATOR,
+        "gpu_driver": gpu.driver if gpu else NO_ACCELERATOR,
+    }
+
+
+def hardware_class(environment: Mapping[str, str]) -> str:
+    """The "same kind of hardware" key: the GPU model when there is one, else "cpu: <model> x<cores>"."""
+    gpu = environment.get("accelerator", NO_ACCELERATOR)
+    if gpu and gpu != NO_ACCELERATOR:
+        return gpu
+    return f"cpu: {environment.get('cpu_model', 'unknown')} x{environment.get('cpu_count', '?')}"
