@@ -9,13 +9,18 @@ Register it with `prefect block register -m blocks.storage`, save one with
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.settings import PREFECT_HOME
 from pydantic import Field
 
 from odbench.storage import Storage, default_storage_url
+
+LOCK_HOLD_S = 2 * 3600  # longer than any download or preprocessing step
 
 
 class BenchmarkStorage(Block):
@@ -42,6 +47,26 @@ class BenchmarkStorage(Block):
         name = "odbench-results-" + hashlib.md5(storage.uri().encode()).hexdigest()[:12]
         block.save(name, overwrite=True)
         return block
+
+    def lock_manager(self) -> ExpiringFileLocks:
+        """Locks that let one run compute a cached step while others wait for its result: in the root
+        when it is a local folder (shared by every worker of this machine), else per machine (workers
+        on several machines then may repeat a step; its writes are atomic, so that costs time only)."""
+        storage = self.storage()
+        where = storage.path("locks") if storage.is_local else str(PREFECT_HOME.value() / "odbench-locks")
+        return ExpiringFileLocks(lock_files_directory=Path(where))
+
+
+class ExpiringFileLocks(FileSystemLockManager):
+    """File locks that expire: the lock of a killed run frees itself after LOCK_HOLD_S, not never."""
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        return super().acquire_lock(key, holder, acquire_timeout, hold_timeout or LOCK_HOLD_S)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or LOCK_HOLD_S)
 
 
 def resolve_storage(storage_block: str | None = None, storage_url: str | None = None) -> BenchmarkStorage:

@@ -107,7 +107,7 @@ def detect(
     params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})
     logging.getLogger("odbench").setLevel(log_level(verbosity))
     block = resolve_storage(storage_block, storage_url)
-    storage, result_storage = block.storage(), block.result_storage()
+    storage, result_storage, locks = block.storage(), block.result_storage(), block.lock_manager()
     source = parse_dataset_url(dataset_url, loadgen_dataset_size)
     states: dict[str, str] = {}
 
@@ -115,7 +115,10 @@ def detect(
         """Call a cached task; a cached result whose files storage lost is recomputed, not trusted."""
         def call(refresh: bool):
             # None, not False: PREFECT_TASKS_REFRESH_CACHE=true still forces a refresh
-            configured = task.with_options(result_storage=result_storage, refresh_cache=refresh or None)
+            # SERIALIZABLE: of two runs that need the same step, one computes it, the other waits and reuses it
+            policy = task.cache_policy.configure(lock_manager=locks, isolation_level="SERIALIZABLE")
+            configured = task.with_options(result_storage=result_storage, refresh_cache=refresh or None,
+                                           cache_policy=policy)
             return configured(*args, storage=storage, return_state=True)
 
         state = call(False)

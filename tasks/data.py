@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
@@ -35,7 +36,7 @@ class _Progress(LogProgress):
         update_progress_artifact(self.artifact, percent)
 
 
-@task(name="download", cache_key_fn=_download_key, persist_result=True)
+@task(name="download", cache_policy=CachePolicy.from_cache_key_fn(_download_key), persist_result=True)
 def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str, storage: Storage) -> DatasetManifest:
     """The annotation file and the first N images of the source, verified, in storage.
 
@@ -45,7 +46,7 @@ def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str,
     return dataset.ingest(source, dataset_size, storage, _Progress(f"download {dataset_size} images"))
 
 
-@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True)
+@task(name="preprocess", cache_policy=CachePolicy.from_cache_key_fn(_preprocess_key), persist_result=True)
 def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Storage) -> PreprocessedSet:
     """Every image of the manifest as uint8 RGB at resolution x resolution, in storage."""
     done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px"))

@@ -5,6 +5,7 @@ It runs while holding the machine's accelerator slot (tasks/accelerator.py)."""
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
@@ -29,7 +30,7 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
                      params.execution_device.lower(), params.cpu_threads)
 
 
-@task(name="inference", cache_key_fn=_inference_key, persist_result=True)
+@task(name="inference", cache_policy=CachePolicy.from_cache_key_fn(_inference_key), persist_result=True)
 def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
                   storage: Storage) -> BenchmarkResult:
     """LoadGen over the preprocessed samples; logs and result.json land in the run's folder."""

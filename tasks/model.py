@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
@@ -17,7 +18,7 @@ def _model_key(_: TaskRunContext, p: dict) -> str:
     return cache_key("model", (p["spec"].name,), p["storage"].url, p["spec"].name, p["fingerprint"])
 
 
-@task(name="fetch-model", cache_key_fn=_model_key, persist_result=True)
+@task(name="fetch-model", cache_policy=CachePolicy.from_cache_key_fn(_model_key), persist_result=True)
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, fingerprint: str,
                 storage: Storage) -> StoredModel:
     """The model file (registry URL, any URL, or the stand-in), validated, in storage.
