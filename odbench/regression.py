@@ -115,16 +115,19 @@ class Comparison:
         if self.status == PASS:
             checked = "; ".join(f"{_check(f.metric).label} {f.change:+.2f} {f.unit}" for f in self.findings)
             return f"{where}: pass (run {rec.run_id}; {checked}; {self.findings[0].basis})."
-        lines = [f"REGRESSION {where}: {f.line()}; run {rec.run_id} ({rec.run_dir})" for f in self.findings if f.crossed]
+        lines = [f"REGRESSION {where}: {f.line()}; run {rec.run_id} ({rec.run_dir})"
+                 for f in self.findings if f.crossed]
         lines += ["changes since the previous comparable run:", *(f"  {c}" for c in self.changes)] \
             if self.changes else ["nothing recorded changed since the previous comparable run"]
         return "\n".join(lines)
 
 
 def comparable_runs(record: HistoryRecord, history: Sequence[HistoryRecord]) -> list[HistoryRecord]:
-    """Runs of the same entry on the same hardware recorded before `record`, oldest first."""
+    """Runs of the same entry on the same hardware recorded before `record`, oldest first. A record may
+    repeat an earlier run id: an AccuracyOnly result served from the cache (same model, data, settings,
+    onnxruntime and driver give the same detections) is a valid baseline of itself."""
     runs = [r for r in history if r.entry == record.entry and r.hardware == record.hardware
-            and r.run_id != record.run_id and r.recorded_at < record.recorded_at]
+            and r.recorded_at < record.recorded_at]
     return sorted(runs, key=lambda r: (r.recorded_at, r.run_id))
 
 

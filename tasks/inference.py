@@ -4,6 +4,7 @@ It runs while holding the machine's accelerator slot (tasks/accelerator.py)."""
 
 from __future__ import annotations
 
+import onnxruntime
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -14,6 +15,7 @@ from odbench.accuracy import ENCODING_VERSION
 from odbench.benchmark import BenchmarkResult
 from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
+from odbench.machine import accelerator
 from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
@@ -27,7 +29,14 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
         return None
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
                      p["manifest"].digest, PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
-                     params.execution_device.lower(), params.cpu_threads)
+                     params.execution_device.lower(), params.cpu_threads, _engine())
+
+
+def _engine() -> tuple:
+    """What else decides the detections: the onnxruntime build and its providers, the GPU and its driver.
+    A package upgrade or a driver change is then a new key, measured afresh, never served from the cache."""
+    gpu = accelerator()
+    return onnxruntime.__version__, tuple(onnxruntime.get_available_providers()), gpu and (gpu.name, gpu.driver)
 
 
 @task(name="inference", cache_policy=CachePolicy.from_cache_key_fn(_inference_key), persist_result=True)

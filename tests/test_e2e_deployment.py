@@ -1,246 +1,249 @@
-"""The prefect.yaml walk-through, for real: a local Prefect server, the work pool, `prefect deploy`,
-a process worker and `prefect deployment run detect/onnx`, all through the venv's `prefect` CLI.
+"""The README's Prefect walk-through, for real: a local Prefect server, the work pool,
+`prefect --no-prompt deploy --all`, process workers started outside the project folder, and runs of
+both deployments through the CLI, read back through the API, the storage root and the UI.
 
-The flow run (synthetic COCO, stand-in RetinaNet) must complete and publish its artifacts, whose
-numbers must match the run's result.json in the (temporary) storage root.
+One server (module fixture) serves every test here; each test starts the workers it needs.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+import threading
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PREFECT = Path(sys.executable).parent / "prefect"
-POOL = "odbench-process"  # prefect.yaml's work pool
-SERVER_TIMEOUT_S = 90
-RUN_TIMEOUT_S = 240
-CLI_TIMEOUT_S = 120
-FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+from tests import browser
+from tests.live_prefect import POOL, ROOT, UUID_RE, LiveStack
+from tests.replay_model import build_replay_model
+
+OUTPUT = ROOT / "test-output"  # screenshots kept for people (git-ignored)
+REPLAY_N = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Server, pool and both deployments, as a user sets them up; the API client points at it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-
-def _descendants(pid: int) -> list[int]:
-    """The ids of a process's descendants (Linux /proc; empty elsewhere), e.g. a worker's flow-run
-    subprocess, which Prefect starts in a session of its own, out of reach of the worker's group."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
+    live = LiveStack(tmp_path_factory.mktemp("e2e"))
     try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "<no output>"
-
-
-class _Walkthrough:
-    """The background processes (server, worker) and the CLI commands of one walk-through."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path, self.env = tmp_path, env
-        self.background: list[tuple[subprocess.Popen, IO[bytes]]] = []
-        self.logs: dict[str, Path] = {}
-        self.t0 = time.perf_counter()
-
-    def mark(self, what: str) -> None:
-        print(f"[e2e {time.perf_counter() - self.t0:6.1f}s] {what}", flush=True)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = self.tmp_path / f"{name}.log"
-        handle = log.open("wb")
-        proc = subprocess.Popen([str(PREFECT), *args], cwd=ROOT, env=self.env, stdout=handle,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.background.append((proc, handle))
-        self.logs[name] = log
-        return proc
-
-    def cli(self, *args: str) -> str:
-        """Run one CLI command to completion; fail with its output when it exits non-zero."""
-        start = time.perf_counter()
-        try:
-            done = subprocess.run([str(PREFECT), *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, timeout=CLI_TIMEOUT_S)
-        except subprocess.TimeoutExpired as err:
-            pytest.fail(self.report(f"`prefect {' '.join(args)}` timed out after {CLI_TIMEOUT_S}s:\n"
-                                    f"{err.stdout}\n{err.stderr}"))
-        out = done.stdout + done.stderr
-        self.mark(f"prefect {' '.join(args)} -> rc {done.returncode} in {time.perf_counter() - start:.1f}s")
-        if done.returncode != 0:
-            pytest.fail(self.report(f"`prefect {' '.join(args)}` exited {done.returncode}:\n{out[-4000:]}"))
-        return out
-
-    def report(self, message: str) -> str:
-        """The message plus the tail of every background process's output."""
-        tails = "".join(f"\n\n--- tail of {name} output ({path}) ---\n{_tail(path)}" for name, path in self.logs.items())
-        return message + tails
-
-    def stop(self) -> None:
-        """Terminate each process group (SIGTERM, then SIGKILL), worker first, and any descendant
-        that left the group (a flow-run subprocess)."""
-        for proc, handle in reversed(self.background):
-            strays = _descendants(proc.pid) if proc.poll() is None else []
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=15)
-                except ProcessLookupError:
-                    pass
-            # The group's other members (the flow-run subprocess, uvicorn) may outlive the leader.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            for pid in strays:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            handle.close()
-
-
-def _wait_for_health(w: _Walkthrough, server: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + SERVER_TIMEOUT_S
-    url = f"http://127.0.0.1:{port}/api/health"
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(w.report(f"prefect server exited early with {server.returncode}"))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(w.report(f"{url} did not answer within {SERVER_TIMEOUT_S}s"))
-
-
-def test_walkthrough_deploys_and_runs_detect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    home, storage_root = tmp_path / "prefect-home", tmp_path / "storage"
-    home.mkdir()
-    storage_root.mkdir()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "ODBENCH_STORAGE_URL": str(storage_root),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_API_DATABASE_CONNECTION_URL"):
-        env.pop(name, None)
-    for name, value in env.items():
-        if name.startswith(("PREFECT_", "ODBENCH_")):
-            monkeypatch.setenv(name, value)
-
-    w = _Walkthrough(tmp_path, env)
-    try:
-        # 1. The server, SQLite under the temporary PREFECT_HOME.
-        server = w.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        _wait_for_health(w, server, port)
-        w.mark(f"server healthy at {api_url}")
-        env["PREFECT_API_URL"] = api_url
-        monkeypatch.setenv("PREFECT_API_URL", api_url)
-
-        # 2-3. The work pool and the deployment, from prefect.yaml.
-        w.cli("work-pool", "create", POOL, "--type", "process")
-        w.cli("--no-prompt", "deploy", "--name", "onnx")
-
-        # 4. A process worker on the pool.
-        worker = w.start("worker", "worker", "start", "--pool", POOL, "--type", "process")
-
-        # 5. A run of the deployment.
-        out = w.cli("deployment", "run", "detect/onnx", "-p", "model_name=retinanet", "-p", "model_url=standin",
-                    "-p", "dataset_url=synthetic")
-        found = re.search(rf"UUID:\s*({UUID_RE})", out) or re.search(UUID_RE, out)
-        assert found, w.report(f"no flow run id in `prefect deployment run` output:\n{out}")
-        flow_run_id = found.group(found.lastindex or 0)
-        w.mark(f"flow run {flow_run_id} created")
-
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-            deadline, last = time.monotonic() + RUN_TIMEOUT_S, None
-            while True:
-                flow_run = client.read_flow_run(flow_run_id)
-                state = flow_run.state
-                if state is not None and state.name != last:
-                    last = state.name
-                    w.mark(f"flow run state {state.type.value} ({state.name})")
-                if state is not None and state.type.value in FINAL_STATES:
-                    break
-                if worker.poll() is not None:
-                    pytest.fail(w.report(f"the worker exited with {worker.returncode} before the run finished"))
-                if time.monotonic() > deadline:
-                    pytest.fail(w.report(f"flow run {flow_run_id} not finished within {RUN_TIMEOUT_S}s "
-                                         f"(last state {last})"))
-                time.sleep(1)
-
-            # 6. The run completed, and its artifacts carry the numbers of its result.json.
-            assert state.is_completed(), w.report(f"flow run ended {state.type.value} ({state.name}): "
-                                                  f"{state.message}")
-            results = sorted(storage_root.glob("runs/*/result.json"))
-            assert len(results) == 1, w.report(f"expected one result.json under {storage_root}, got {results}")
-            result = json.loads(results[0].read_text())
-            assert result["model_name"].startswith("retinanet") and result["stand_in"] is True, result
-            assert result["mAP"] is not None and result["samples_per_second"] is not None, result
-
-            def artifact(key: str):
-                found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-                assert len(found) == 1, w.report(f"expected one artifact {key}, got {found}")
-                return found[0]
-
-            summary = artifact("detect-retinanet-coco-summary")
-            assert summary.type == "markdown", summary
-            assert summary.flow_run_id is not None and str(summary.flow_run_id) == flow_run_id, summary
-            markdown = summary.data
-            assert isinstance(markdown, str), summary
-            assert f"{result['mAP']:.3f}" in markdown, (result["mAP"], markdown)
-            assert f"{result['samples_per_second']:.3f}" in markdown, (result["samples_per_second"], markdown)
-
-            table = artifact("detect-retinanet-coco-metrics")
-            assert table.type == "table", table
-            assert str(table.flow_run_id) == flow_run_id, table
-        w.mark("artifacts match result.json")
+        live.start_server()
+        with temporary_settings(updates={PREFECT_API_URL: live.api_url, PREFECT_UI_URL: live.ui_url}):
+            live.run("work-pool", "create", POOL, "--type", "process")
+            live.run("--no-prompt", "deploy", "--all")
+            yield live
     finally:
-        w.stop()
-        w.mark("server and worker stopped")
+        live.stop()
+        live.mark("server and workers stopped")
+
+
+def _run_deployment(stack: LiveStack, name: str, *args: str) -> str:
+    """`prefect deployment run NAME ...`; returns the new flow run's id."""
+    out = stack.run("deployment", "run", name, *args)
+    found = re.search(rf"UUID:\s*({UUID_RE})", out.stdout) or re.search(UUID_RE, out.stdout)
+    assert found, stack.report(f"no flow run id in `prefect deployment run` output:\n{out.stdout}")
+    return found.group(found.lastindex or 0)
+
+
+def _artifact(client, key: str, flow_run_id: str | None = None):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    flt = ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+    if flow_run_id:
+        flt.flow_run_id = ArtifactFilterFlowRunId(any_=[flow_run_id])
+    found = client.read_artifacts(artifact_filter=flt)
+    assert found, f"no artifact {key} (flow run {flow_run_id})"
+    return found[0]
+
+
+def test_deploy_all_registers_both_deployments_portably(stack):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        detect = client.read_deployment_by_name("detect/onnx")
+        nightly = client.read_deployment_by_name("regression/nightly")
+    crons = {(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules}
+    assert ("30 1 * * *", "Europe/Amsterdam") in crons, nightly.schedules
+    assert all(s.active and s.parameters.get("matrix") for s in nightly.schedules), nightly.schedules
+    assert not detect.schedules
+    for deployment in (detect, nightly):
+        steps = json.dumps(deployment.pull_steps)
+        assert "flows.project_dir.set_project_directory" in steps, steps
+        for local in (str(ROOT), str(stack.tmp), "/tmp/"):
+            assert local not in steps, f"{deployment.name}'s pull steps name {local}: {steps}"
+        assert deployment.path is None or str(ROOT) not in deployment.path, deployment.path
+    schema = detect.parameter_openapi_schema["properties"]
+    assert set(schema["model_name"]["enum"]) == {"ssd_resnet34", "retinanet", "retinanet_coco", "retinanet_openimages"}
+    assert all(prop.get("description") for prop in schema.values()), "a detect parameter lacks a description"
+
+
+def test_a_wrong_parameter_is_rejected_before_a_run_exists(stack):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("detect/onnx")
+
+        def runs() -> int:
+            return sum(r.deployment_id == deployment.id for r in client.read_flow_runs())
+
+        before = runs()
+        done = stack.run("deployment", "run", "detect/onnx", "-p", "model_name=yolo", check=False)
+        assert done.returncode != 0, done.stdout
+        assert "yolo" in done.stdout + done.stderr and "retinanet" in done.stdout + done.stderr
+        assert runs() == before
+
+
+def test_detect_deployment_runs_named_after_what_it_runs(stack):
+    from prefect.client.orchestration import get_client
+
+    stack.start_worker("worker-detect")
+    try:
+        run_id = _run_deployment(stack, "detect/onnx", "-p", "model_name=retinanet", "-p", "model_url=standin",
+                                 "-p", "dataset_url=synthetic", "-p", "loadgen_dataset_size=8")
+        flow_run = stack.wait_for_flow_run(run_id)
+    finally:
+        stack.stop_process("worker-detect")
+    assert flow_run.state.is_completed(), stack.report(f"{flow_run.state.name}: {flow_run.state.message}")
+    assert flow_run.name == "retinanet-offline-accuracyonly-standin"
+    result_files = [p for p in stack.storage_root.glob("runs/*/result.json")
+                    if json.loads(p.read_text())["mode"] == "AccuracyOnly"]
+    result = json.loads(result_files[-1].read_text())
+    with get_client(sync_client=True) as client:
+        summary = _artifact(client, "detect-retinanet-coco-offline-accuracyonly-standin-summary", run_id)
+        assert f"{result['mAP']:.3f}" in summary.data and "STAND-IN" in summary.data
+        _artifact(client, "detect-retinanet-coco-offline-accuracyonly-standin-metrics", run_id)
+
+
+class _WebhookReceiver:
+    """An HTTP endpoint on loopback that keeps every POSTed JSON body."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 — http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    receiver = _WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_nightly_regression_catches_a_worse_model_and_alerts(stack, synthetic_dir, tmp_path, webhook):
+    import time
+
+    from odbench.history import HistoryStore
+    from odbench.storage import Storage
+
+    stack.python("-m", "flows.alerts", "--webhook_url", webhook.url)
+    model = tmp_path / "served" / "detector.onnx"  # the "URL" the matrix names; replaced below
+    model.parent.mkdir()
+    model.write_bytes(build_replay_model(synthetic_dir, "retinanet_coco", REPLAY_N))
+    entry = {"model_name": "retinanet", "model_url": str(model), "dataset_url": str(synthetic_dir),
+             "loadgen_dataset_size": REPLAY_N, "loadgen_mode": "AccuracyOnly"}
+    params = json.dumps({"matrix": [entry]})
+    stack.start_worker("worker-nightly")
+    try:
+        runs = [stack.wait_for_flow_run(_run_deployment(stack, "regression/nightly", "--params", params))
+                for _ in range(3)]
+        assert [r.state.name for r in runs] == ["Completed"] * 3, stack.report(str([r.state for r in runs]))
+        assert "no-baseline" in runs[0].state.message and "pass" in runs[2].state.message
+        model.write_bytes(build_replay_model(synthetic_dir, "retinanet_coco", REPLAY_N, shift=0.5))
+        worse = stack.wait_for_flow_run(_run_deployment(stack, "regression/nightly", "--params", params))
+    finally:
+        stack.stop_process("worker-nightly")
+
+    records = HistoryStore(Storage(str(stack.storage_root))).records()
+    assert [r.metrics.mAP for r in records] == [100.0, 100.0, 100.0, records[-1].metrics.mAP]
+    assert records[-1].model_md5 != records[0].model_md5
+    assert worse.state.name == "Failed", stack.report(f"{worse.state.name}: {worse.state.message}")
+    message = worse.state.message
+    for needle in ("mAP", f"{records[-1].metrics.mAP:g}", "100", "median of last 3", "0.5", records[-1].run_id,
+                   "model md5"):
+        assert needle in message, f"{needle!r} not in the failure message:\n{message}"
+
+    deadline = time.monotonic() + 90
+    while not any(worse.name in json.dumps(body) for body in webhook.received) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert any(worse.name in json.dumps(b) and "Failed" in json.dumps(b) for b in webhook.received), \
+        stack.report(f"no notification for {worse.name}; received {webhook.received}")
+    _check_ui(stack, worse, records[-1])
+
+
+def _check_ui(stack: LiveStack, flow_run, record) -> None:
+    """The flow run's page, the trend artifact with the run's mAP, and the detect form, in Chromium."""
+    from prefect.client.orchestration import get_client
+
+    browser.require_chromium()
+    OUTPUT.mkdir(exist_ok=True)
+    page = browser.render_until(f"{stack.ui_url}/runs/flow-run/{flow_run.id}", flow_run.name, timeout_s=90,
+                                screenshot=OUTPUT / "regression-flow-run.png")
+    assert flow_run.name in browser.visible_text(page)
+    with get_client(sync_client=True) as client:
+        trend = next(a for a in client.read_artifacts() if a.flow_run_id == flow_run.id and a.key
+                     and a.key.endswith("-trend"))
+        detect = client.read_deployment_by_name("detect/onnx")
+    mAP = f"{record.metrics.mAP:.3f}"
+    assert mAP in trend.data
+    dom = browser.render_until(f"{stack.ui_url}/artifacts/artifact/{trend.id}", mAP, timeout_s=90,
+                               screenshot=OUTPUT / "regression-trend-artifact.png")
+    assert mAP in browser.visible_text(dom) and 'src="data:image/png;base64,' in dom
+    form = browser.visible_text(browser.render_until(f"{stack.ui_url}/deployments/deployment/{detect.id}/run",
+                                                     "retinanet_openimages", timeout_s=90,
+                                                     screenshot=OUTPUT / "detect-run-form.png"))
+    assert "The detector: ssd_resnet34" in form and "retinanet_openimages" in form
+    stack.mark(f"UI checked; screenshots in {OUTPUT}")
+
+
+def test_sweep_over_two_workers_preprocesses_each_sample_once(stack, synthetic_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    root = stack.storage_root / "sweep"
+    common = {"model_name": "retinanet", "model_url": "standin", "dataset_url": str(synthetic_dir),
+              "loadgen_dataset_size": 8, "storage_url": str(root)}
+    matrix = [{**common, "loadgen_scenario": scenario, "loadgen_mode": mode,
+               **({"loadgen_count_override": 32} if mode == "PerformanceOnly" else {})}
+              for scenario in ("Offline", "SingleStream") for mode in ("AccuracyOnly", "PerformanceOnly")]
+    workers = [stack.start_worker(f"worker-sweep-{i}", "--limit", "1") for i in (1, 2)]
+    try:
+        stack.python("-m", "flows.sweep", "--matrix", json.dumps(matrix))
+    finally:
+        for i in (1, 2):
+            stack.stop_process(f"worker-sweep-{i}")
+    assert all(w.poll() is not None for w in workers)
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("storage_url") == str(root)]
+        assert len(runs) == 4 and all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
+        preprocess = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="preprocess")))
+    states = sorted(t.state.name for t in preprocess)
+    assert states == ["Cached", "Cached", "Cached", "Completed"], states  # one run preprocessed, three reused
+    ran = {i: {str(r.id) for r in runs if str(r.id) in Path(stack.logs[f"worker-sweep-{i}"]).read_text()}
+           for i in (1, 2)}
+    assert ran[1] and ran[2] and not ran[1] & ran[2], ran  # each worker ran at least one, none ran one twice
+    samples = sorted((root / "preprocessed").rglob("*.npy"))
+    assert len(samples) == 8 and len({p.name for p in samples}) == 8, samples
+    assert not list(root.rglob(".*partial*")), "a temporary file was left behind"
