@@ -160,8 +160,8 @@ def test_small_changes_pass():
 
 @pytest.mark.parametrize(("metric", "overrides", "shown"), [
     ("mAP", {"mAP": 34.0}, ["mAP 34.000%", "baseline 35.000%", "drop over 0.5 points", "-1.000 points"]),
-    ("samples_per_second", {"sps": 85.0}, ["samples/s 85.000", "baseline 100.000", "drop over 10 %", "-15.000 %"]),
-    ("latency_p90_ms", {"p90": 24.0}, ["p90 latency 24.000 ms", "baseline 20.000 ms", "rise over 15 %"]),
+    ("samples_per_second", {"sps": 75.0}, ["samples/s 75.000", "baseline 100.000", "drop over 20 %", "-25.000 %"]),
+    ("latency_p90_ms", {"p90": 28.0}, ["p90 latency 28.000 ms", "baseline 20.000 ms", "rise over 35 %"]),
 ])
 def test_each_metric_can_regress(metric, overrides, shown):
     history = [_record(d) for d in range(1, 4)]
