@@ -8,6 +8,8 @@ Layout (the same on every backend):
     datasets/<digest>.json                dataset manifests (the first N images of a source)
     synthetic/seed-<s>-n-<n>/             generated COCO-layout datasets
     runs/<run id>/                        LoadGen logs, user.conf, result.json
+    history/<entry>/<time>-<run id>.jsonl one record per regression run (odbench/history.py)
+    prefect-results/, locks/              Prefect's cache records, locks of cached steps in progress
 
 Writes are atomic: data goes to a hidden temporary name and is moved into place only when complete,
 so a file that exists under its final name is always whole.
