@@ -113,7 +113,7 @@ def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: Sto
 def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
             storage: Storage, run_id: str, run_uri: str) -> BenchmarkResult:
     spec, config = params.spec, params.loadgen_config
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), time.perf_counter()
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     backend = OnnxBackend(model_bytes(model, storage), spec, params.execution_device, params.cpu_threads)
     images = manifest.images

@@ -1,8 +1,9 @@
 """One timed run per accelerator: a Prefect global concurrency limit of 1 slot per machine and GPU.
 
 The inference task holds the slot while LoadGen runs, so two flow runs on one machine (two workers,
-the nightly run and an on-demand one) never time each other. The limit is named after the host and
-the GPUs the process may use (`CUDA_VISIBLE_DEVICES`), and created on first use.
+the nightly run and an on-demand one) never time each other. The limit is named after the machine
+(`$ODBENCH_ACCELERATOR_HOST`, else the hostname: set it where the hostname is a container's or a pod's)
+and the GPUs the process may use (`CUDA_VISIBLE_DEVICES`), and created on first use.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+HOST_ENV = "ODBENCH_ACCELERATOR_HOST"
 WAIT_TIMEOUT_S = 6 * 3600  # a queued run gives up after this long rather than waiting forever
 
 
 def slot_name() -> str:
     """`odbench-accelerator-<host>[-gpu<ids>]`: one limit per machine and visible GPU set."""
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    name = f"odbench-accelerator-{socket.gethostname()}" + (f"-gpu{gpus}" if gpus else "")
+    host = os.environ.get(HOST_ENV, "").strip() or socket.gethostname()
+    name = f"odbench-accelerator-{host}" + (f"-gpu{gpus}" if gpus else "")
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lower()
 
 

@@ -7,6 +7,7 @@ One server (module fixture) serves every test here; each test starts the workers
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import json
 import re
@@ -246,6 +247,11 @@ def test_sweep_over_two_workers_preprocesses_each_sample_once(stack, synthetic_d
         preprocess = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="preprocess")))
+    results = [json.loads(p.read_text()) for p in root.glob("runs/*/result.json")]
+    spans = sorted((dt.datetime.fromisoformat(r["started"]).timestamp(), r["duration_s"]) for r in results)
+    assert len(spans) == 4 and all(start + took <= following + 0.01  # `started` has ms resolution
+                                   for (start, took), (following, _) in zip(spans, spans[1:])), \
+        f"LoadGen runs overlapped on one machine: {spans}"  # the accelerator slot serialises them
     states = sorted(t.state.name for t in preprocess)
     assert states == ["Cached", "Cached", "Cached", "Completed"], states  # one run preprocessed, three reused
     ran = {i: _ran_by(Path(stack.logs[f"worker-sweep-{i}"])) & {str(r.id) for r in runs} for i in (1, 2)}
