@@ -64,6 +64,20 @@ def test_append_and_records_round_trip(storage):
     assert len(history.records()) == 3
 
 
+def test_the_same_history_on_an_fsspec_object_store():
+    """memory:// is fsspec's in-process object store: no rename, no append, as on a bucket."""
+    import uuid
+
+    store = Storage(f"memory://odbench-history-{uuid.uuid4().hex}")
+    history = HistoryStore(store)
+    records = [_record(day) for day in (2, 1)]
+    for record in records:
+        history.append(record)
+    assert history.records() == sorted(records, key=lambda r: r.recorded)
+    assert compare(_record(3), history.records(), Thresholds()).status == "pass"
+    store.remove("")
+
+
 def test_from_result_builds_a_record_that_survives_json(storage):
     record = HistoryRecord.from_result(_result(), {**PARAMS, "storage_url": "/x"}, flow_run_id="f1",
                                        flow_run_url="http://127.0.0.1:4200/runs/flow-run/f1")
