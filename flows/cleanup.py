@@ -61,6 +61,9 @@ def cleanup(
         storage_url: Storage root URL (default: $ODBENCH_STORAGE_URL or ~/.cache/odbench).
     """
     check_filters(kind, older_than_days)
+    if apply and all(v is None for v in (kind, model_name, resolution, older_than_days)):
+        raise ValueError("apply without a selection would remove everything, the history included: choose a kind, "
+                         "model_name, resolution or older_than_days (a dry run without one lists it all)")
     storage = resolve_storage(storage_block, storage_url).storage()
     now = dt.datetime.now(dt.UTC)
     chosen = select(inventory(storage), kind, model_name, resolution, older_than_days, now)

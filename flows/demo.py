@@ -17,7 +17,7 @@ DATASET_SIZE = 20
 PERFORMANCE_QUERIES = 64
 
 
-@flow(name="detect-demo")
+@flow(name="detect-demo", flow_run_name="demo-both-models-offline")
 def demo(storage_url: str | None = None) -> list[dict]:
     """Both models, both modes, Offline, on offline sources."""
     rows = []

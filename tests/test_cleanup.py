@@ -247,6 +247,15 @@ def test_cleanup_flow_removes_a_resolution_and_only_what_points_at_it(prefect_ap
     assert states["download"] == states["fetch-model"] == "Cached"
 
 
+def test_apply_without_a_selection_is_refused(prefect_api, tree):
+    from flows.cleanup import cleanup
+
+    before = stored_files(tree)
+    with pytest.raises(ValueError, match="would remove everything"):
+        cleanup(apply=True, storage_url=tree.url)
+    assert stored_files(tree) == before
+
+
 def test_cli_dry_run_says_nothing_was_removed(prefect_api, tree):
     from prefect.settings import PREFECT_API_URL
 
