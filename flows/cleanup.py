@@ -20,7 +20,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from blocks.storage import resolve_storage
-from flows.detect import offline_server_defaults
+from flows.command import offline_server_defaults
 from odbench.inventory import (
     KINDS,
     CleanupReport,

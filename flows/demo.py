@@ -9,7 +9,8 @@ import sys
 
 from prefect import flow
 
-from flows.detect import detect, offline_server_defaults
+from flows.command import offline_server_defaults
+from flows.detect import detect
 from odbench.report import STAND_IN_NOTE, model_label
 
 MODELS = ("ssd_resnet34", "retinanet")

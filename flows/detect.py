@@ -6,10 +6,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import sys
 from dataclasses import fields
 from typing import Any, Callable, Iterable, Literal
@@ -20,8 +17,7 @@ from prefect.runtime import flow_run
 
 from blocks.storage import resolve_storage
 from odbench.backend import ExecutionDevice
-from odbench.benchmark import BenchmarkResult
-from odbench.cli import add_param_arguments, log_level, params_from_args
+from odbench.cli import log_level
 from odbench.dataset import fingerprint, parse_dataset_url
 from odbench.harness import Mode, Scenario
 from odbench.model_store import STANDIN
@@ -29,7 +25,6 @@ from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
 from odbench.params import BenchmarkParams
 from odbench.preprocess import preprocessed_files
-from odbench.report import terminal_summary
 from tasks.data import download_dataset, preprocess_images
 from tasks.inference import run_inference
 from tasks.model import fetch_model
@@ -140,36 +135,11 @@ def detect(
     return {**result.to_json(), "task_states": states}
 
 
-def offline_server_defaults() -> None:
-    """The temporary Prefect server a command starts (without PREFECT_API_URL) would otherwise send
-    usage telemetry, which fails with logged errors on offline machines."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.detect", description=detect.__doc__.splitlines()[0])
-    add_param_arguments(parser)
-    parser.add_argument("--storage_block", help="name of a saved BenchmarkStorage block")
-    parser.add_argument("--storage_url", help="storage root URL (default: $ODBENCH_STORAGE_URL or ~/.cache/odbench)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    offline_server_defaults()
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        out = detect(**params_from_args(args), storage_block=args.storage_block, storage_url=args.storage_url)
-    except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero
-        print(f"detect failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    states = out.pop("task_states")
-    print(terminal_summary(BenchmarkResult(**out)))
-    print("tasks        " + ", ".join(f"{name}: {state}" for name, state in states.items()))
-    if args.json:
-        print(json.dumps({**out, "task_states": states}))
-    return 0
+    """`python -m flows.detect --model_name retinanet ...` (flows/command.py)."""
+    from flows.command import detect_command
+
+    return detect_command(detect, argv)
 
 
 if __name__ == "__main__":

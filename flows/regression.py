@@ -21,7 +21,8 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, Failed, State
 
 from blocks.storage import resolve_storage
-from flows.detect import detect, offline_server_defaults
+from flows.command import offline_server_defaults
+from flows.detect import detect
 from flows.matrix import DetectParameters, resolve_matrix, with_storage
 from odbench.benchmark import BenchmarkResult
 from odbench.history import HistoryRecord, HistoryStore

@@ -21,7 +21,7 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
-from flows.detect import offline_server_defaults
+from flows.command import offline_server_defaults
 from flows.matrix import DetectParameters, resolve_matrix
 
 POLL_S = 2.0
