@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect.blocks.core import Block
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.filesystems import WritableFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.settings import PREFECT_HOME
 from pydantic import Field
 
+from blocks.results import DataRecordsLocalFileSystem, DataRecordsRemoteFileSystem
 from odbench.storage import Storage, default_storage_url
 
 LOCK_HOLD_S = 2 * 3600  # longer than any download or preprocessing step
@@ -38,12 +39,15 @@ class BenchmarkStorage(Block):
 
     def result_storage(self) -> WritableFileSystem:
         """Prefect's result (and cache record) storage, inside the same root, saved server-side
-        (Prefect requires that) under a name derived from the root URL."""
+        (Prefect requires that) under a name derived from the root URL. It loads only records of
+        odbench data (blocks/results.py): a record anyone else wrote there is refused and recomputed,
+        never unpickled."""
         storage = self.storage()
         if storage.is_local:
-            block: WritableFileSystem = LocalFileSystem(basepath=storage.path("prefect-results"))
+            block: WritableFileSystem = DataRecordsLocalFileSystem(basepath=storage.path("prefect-results"))
         else:
-            block = RemoteFileSystem(basepath=storage.uri("prefect-results"), settings=dict(self.options))
+            block = DataRecordsRemoteFileSystem(basepath=_with_location(storage.uri("prefect-results")),
+                                                settings=dict(self.options))
         name = "odbench-results-" + hashlib.md5(storage.uri().encode()).hexdigest()[:12]
         block.save(name, overwrite=True)
         return block
@@ -55,6 +59,12 @@ class BenchmarkStorage(Block):
         storage = self.storage()
         where = storage.path("locks") if storage.is_local else str(PREFECT_HOME.value() / "odbench-locks")
         return ExpiringFileLocks(lock_files_directory=Path(where))
+
+
+def _with_location(uri: str) -> str:
+    """`memory:///root/x` as `memory://root/x`: Prefect wants a location after the scheme; fsspec reads both."""
+    scheme, sep, path = uri.partition(":///")
+    return f"{scheme}://{path}" if sep else uri
 
 
 class ExpiringFileLocks(FileSystemLockManager):

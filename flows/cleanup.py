@@ -20,7 +20,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from blocks.storage import resolve_storage
-from flows.command import offline_server_defaults
+from flows.command import run_command
 from odbench.inventory import (
     KINDS,
     CleanupReport,
@@ -152,8 +152,13 @@ def _clean(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.cleanup ...` (flows/command.py); `--list` of a storage URL needs no Prefect server."""
     args = _parser().parse_args(argv)
-    offline_server_defaults()
+    return run_command(lambda: _command(args), server=not args.list or bool(args.storage_block))
+
+
+def _command(args: argparse.Namespace) -> int:
+    """List, or clean up (a dry run unless --apply); a failure is one line on stderr and exit code 1."""
     logging.basicConfig(level=logging.WARNING)
     try:
         if args.list:

@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow
 
-from flows.command import offline_server_defaults
+from flows.command import run_command
 from flows.detect import detect
 from odbench.report import STAND_IN_NOTE, model_label
 
@@ -43,6 +43,16 @@ def print_table(rows: list[dict]) -> None:
         print(f"\n[STAND-IN] = {STAND_IN_NOTE}.")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.demo [STORAGE_URL]` (`make demo`): the table on stdout (flows/command.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    def body() -> int:
+        print_table(demo(storage_url=argv[0] if argv else None))
+        return 0
+
+    return run_command(body)
+
+
 if __name__ == "__main__":
-    offline_server_defaults()
-    print_table(demo(storage_url=sys.argv[1] if len(sys.argv) > 1 else None))
+    sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Callable, Iterable, Literal
 
 from prefect import flow
@@ -20,13 +20,15 @@ from odbench.backend import ExecutionDevice
 from odbench.cli import log_level
 from odbench.dataset import fingerprint, parse_dataset_url
 from odbench.harness import Mode, Scenario
-from odbench.model_store import STANDIN
+from odbench.model_store import STANDIN, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
 from odbench.params import BenchmarkParams
 from odbench.preprocess import preprocessed_files
+from odbench.redact import redact_text, redact_url
+from odbench.storage import Storage
 from tasks.data import download_dataset, preprocess_images
-from tasks.inference import run_inference
+from tasks.inference import for_this_run, run_inference
 from tasks.model import fetch_model
 from tasks.report import publish_artifacts, slug
 
@@ -39,6 +41,19 @@ def run_name() -> str:
     kind = ("standin",) if p.get("model_url") == STANDIN else ()
     return slug(p.get("model_name", D.model_name), p.get("loadgen_scenario", D.loadgen_scenario),
                 p.get("loadgen_mode", D.loadgen_mode), *kind)
+
+
+def _fine(_: Any) -> str | None:
+    """No check beyond existence: the files a result names are trusted as they are."""
+    return None
+
+
+def _stale(result: Any, storage: Storage, outputs: Callable[[Any], Iterable[str]],
+           verify: Callable[[Any], str | None]) -> str | None:
+    """Why a cached result cannot be trusted (files gone, or a file failing its check), or None."""
+    if lost := storage.missing(outputs(result)):
+        return f"the cached result refers to {len(lost)} file(s) storage no longer holds ({lost[0]})"
+    return verify(result)
 
 
 @flow(name="detect", log_prints=True, flow_run_name=run_name)
@@ -63,6 +78,7 @@ def detect(
     dataset_url: str | None = D.dataset_url,
     model_url: str | None = D.model_url,
     model_md5: str | None = D.model_md5,
+    tolerate_bad_outputs: bool = D.tolerate_bad_outputs,
     storage_block: str | None = None,
     storage_url: str | None = None,
 ) -> dict[str, Any]:
@@ -94,6 +110,9 @@ def detect(
         model_url: Unset for the registry's official file, `standin` for a stand-in with the real I/O
             contract (its numbers are not the real model's), or any model file URL.
         model_md5: Expected md5 of the file at model_url; a mismatch fails the run.
+        tolerate_bad_outputs: Drop and count detections that break the model's spec (non-finite values, labels
+            outside its label space, boxes far outside the image, more than the spec allows) instead of
+            failing the run; the counts are in the result either way.
         storage_block: Name of a saved BenchmarkStorage block: where sources, models, runs and history live.
         storage_url: Storage root URL when no block is given (default: $ODBENCH_STORAGE_URL or
             ~/.cache/odbench).
@@ -106,8 +125,9 @@ def detect(
     source = parse_dataset_url(dataset_url, loadgen_dataset_size)
     states: dict[str, str] = {}
 
-    def run(task, *args, outputs: Callable[[Any], Iterable[str]]):
-        """Call a cached task; a cached result whose files storage lost is recomputed, not trusted."""
+    def run(task, *args, outputs: Callable[[Any], Iterable[str]], verify: Callable[[Any], str | None] = _fine):
+        """Call a cached task; a cached result whose files storage lost, or whose files fail their
+        check (`verify`: None, or what is wrong), is recomputed, not trusted."""
         def call(refresh: bool):
             # None, not False: PREFECT_TASKS_REFRESH_CACHE=true still forces a refresh
             # SERIALIZABLE: of two runs that need the same step, one computes it, the other waits and reuses it
@@ -117,9 +137,8 @@ def detect(
             return configured(*args, storage=storage, return_state=True)
 
         state = call(False)
-        if state.name == "Cached" and (lost := storage.missing(outputs(state.result()))):
-            get_run_logger().warning("%s: the cached result refers to %d file(s) storage no longer holds (%s); "
-                                     "recomputing", task.name, len(lost), lost[0])
+        if state.name == "Cached" and (problem := _stale(state.result(), storage, outputs, verify)):
+            get_run_logger().warning("%s: %s; recomputing", task.name, problem)
             state = call(True)
         states[task.name] = state.name
         return state.result()
@@ -127,10 +146,14 @@ def detect(
     resolution = params.spec.resolution
     manifest = run(download_dataset, source, loadgen_dataset_size, fingerprint(source, loadgen_dataset_size),
                    outputs=lambda m: m.files)
+    # this run's source, whichever run's download it reuses (the cache key is content, not the URL)
+    manifest = replace(manifest, source=redact_text(source.describe()))
     run(preprocess_images, manifest, resolution, outputs=lambda _: preprocessed_files(manifest, resolution))
     model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5),
-                outputs=lambda m: m.files)
+                outputs=lambda m: m.files, verify=lambda m: check_stored(m, storage))
+    model = replace(model, source=redact_url(model_url) or params.spec.url)
     result = run(run_inference, params, manifest, model, outputs=lambda r: r.files)
+    result = for_this_run(result, manifest.source, model.source, reused=states[run_inference.name] == "Cached")
     publish_artifacts(result)
     return {**result.to_json(), "task_states": states}
 

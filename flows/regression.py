@@ -21,7 +21,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, Failed, State
 
 from blocks.storage import resolve_storage
-from flows.command import offline_server_defaults
+from flows.command import run_command, state_exit_code
 from flows.detect import detect
 from flows.matrix import DetectParameters, resolve_matrix, with_storage
 from odbench.benchmark import BenchmarkResult
@@ -164,10 +164,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    offline_server_defaults()
-    state = regression(**vars(_parser().parse_args(argv)), return_state=True)
-    print(state.message)
-    return 0 if state.is_completed() else 1
+    """`python -m flows.regression ...`: the verdict on stdout; 1 when a metric regressed (flows/command.py)."""
+    args = _parser().parse_args(argv)
+    return run_command(lambda: state_exit_code(regression(**vars(args), return_state=True)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
-from flows.command import offline_server_defaults
+from flows.command import run_command, state_exit_code
 from flows.matrix import DetectParameters, resolve_matrix
 
 POLL_S = 2.0
@@ -84,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix_block")
     parser.add_argument("--deployment", default="detect/onnx")
     parser.add_argument("--storage_block")
-    offline_server_defaults()
-    state = sweep(**vars(parser.parse_args(argv)), return_state=True)
-    print(state.message)
-    return 0 if state.is_completed() else 1
+    args = parser.parse_args(argv)
+    return run_command(lambda: state_exit_code(sweep(**vars(args), return_state=True)))
 
 
 if __name__ == "__main__":

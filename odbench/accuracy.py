@@ -22,7 +22,7 @@ from odbench.models import LabelSpace, ModelSpec
 
 log = logging.getLogger(__name__)
 FIELDS = 7
-ENCODING_VERSION = 1  # bump when encoding or scoring would change a result
+ENCODING_VERSION = 2  # bump when encoding or scoring would change a result (2: bad outputs dropped)
 # SSD-ResNet34's contiguous labels 1..80 as COCO ids: the model's label space, whatever the dataset lists
 CONTIGUOUS_TO_COCO = np.asarray([0, *COCO_CATEGORY_IDS], np.float32)
 COCO_STAT_NAMES = (
@@ -33,11 +33,18 @@ COCO_STAT_NAMES = (
 
 def encode_detections(qsl_idx: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                       spec: ModelSpec) -> np.ndarray:
-    """Model outputs (x1,y1,x2,y2 in the spec's scale, labels in its space) to float32 [K, 7] rows."""
+    """Model outputs (x1,y1,x2,y2 in the spec's scale, labels in its space) to float32 [K, 7] rows.
+
+    The SUT passes only checked outputs (odbench/output_checks.py); a contiguous label outside 1..80
+    is still refused here, since indexing the id table with it would silently pick another class."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4) / np.float32(spec.box_scale)
     labels = np.asarray(labels).reshape(-1)
     if spec.label_space is LabelSpace.COCO_CONTIGUOUS:
-        labels = CONTIGUOUS_TO_COCO[labels.astype(np.int64)]
+        labels = labels.astype(np.int64)
+        if labels.size and (labels.min() < 1 or labels.max() >= len(CONTIGUOUS_TO_COCO)):
+            raise ValueError(f"{spec.name} label {labels.min() if labels.min() < 1 else labels.max()} is outside "
+                             f"its label space 1..{len(CONTIGUOUS_TO_COCO) - 1}")
+        labels = CONTIGUOUS_TO_COCO[labels]
     rows = np.empty((len(boxes), FIELDS), np.float32)
     rows[:, 0] = qsl_idx
     rows[:, 1:5] = boxes[:, [1, 0, 3, 2]]

@@ -8,6 +8,7 @@ from typing import Literal, Protocol, get_args
 
 import numpy as np
 
+from odbench import bounds
 from odbench.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class OnnxBackend:
     def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0):
         import onnxruntime as ort
 
+        bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
         wanted = requested_providers(execution_device)
         if "CUDAExecutionProvider" in wanted and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()

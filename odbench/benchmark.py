@@ -1,11 +1,13 @@
 """One benchmark run without Prefect: the steps the `detect` flow orchestrates, and their result.
 
 `run_benchmark` chains them for the command line of the GPU machine (no Prefect there); the flow
-calls the same step functions as cached tasks.
+calls the same step functions as cached tasks. Ctrl-C during a step ends it with `Interrupted`, a
+KeyboardInterrupt that names the step; LoadGen itself is stopped cleanly first (odbench/harness.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import platform
@@ -15,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from odbench import coco
 from odbench.accuracy import AccuracyResult, decode_accuracy_log, evaluate
@@ -24,14 +26,38 @@ from odbench.dataset import DatasetManifest, ingest, parse_dataset_url
 from odbench.harness import DetectionSUT, SampleLibrary, run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
+from odbench.models import LabelSpace, ModelSpec
+from odbench.output_checks import BadModelOutputsError, OutputTally
 from odbench.params import BenchmarkParams
-from odbench.preprocess import load_uint8, preprocess, preprocessed_files, to_model_input
+from odbench.preprocess import load_sample, preprocess, to_model_input
 from odbench.progress import LogProgress
+from odbench.redact import redact_text
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
 LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
 ACCURACY_PASS_THROUGHPUT = "accuracy pass: samples / SUT inference time (not a LoadGen performance result)"
+FOREIGN_LABELS_NOTE = ("{model} labels are {space} classes, not COCO categories: its mAP on a COCO annotation "
+                       "file does not measure the model")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during one step of the benchmark; `step` names it (download, preprocess, fetch-model, inference)."""
+
+    def __init__(self, step: str):
+        super().__init__(f"interrupted during {step}")
+        self.step = step
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """Label a KeyboardInterrupt raised inside with the step it interrupted."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as err:
+        raise Interrupted(name) from err
 
 
 @dataclass(frozen=True)
@@ -63,6 +89,9 @@ class BenchmarkResult:
     started: str = ""
     duration_s: float = 0.0
     environment: dict[str, str] = field(default_factory=dict)
+    output_problems: dict[str, int] = field(default_factory=dict)  # detections dropped, by problem (output_checks)
+    notes: list[str] = field(default_factory=list)  # what a reader must know to read the numbers right
+    reused_from: str | None = None  # the run folder whose detections a cached result reuses
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,20 +148,24 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
-    if lost := storage.missing(preprocessed_files(manifest, spec.resolution)):
-        raise FileNotFoundError(f"{len(lost)} preprocessed sample(s) missing from {storage.uri()}, e.g. {lost[0]}: "
-                                "run the preprocessing step again")
-    library = SampleLibrary(len(images), lambda i: to_model_input(load_uint8(storage, spec.resolution, images[i].md5), spec))
+    # LoadGen's untimed load step: each sample verified, and recomputed when missing or corrupt
+    library = SampleLibrary(len(images),
+                            lambda i: to_model_input(load_sample(storage, images[i], spec.resolution), spec))
     sut = DetectionSUT(backend, library, spec)
+    notes = _notes(spec, config.mode)
+    for note in notes:
+        log.warning("%s", note)
     log.info("LoadGen %s %s over %d samples on %s", config.scenario, config.mode, len(images), backend.providers)
     run_loadgen(sut, config, spec.loadgen_model, log_dir)
+    notes += _output_verdict(sut.outputs, spec, params.tolerate_bad_outputs)
     summary = summarize(log_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
     accuracy = _accuracy(log_dir, annotations, len(images)) if config.mode == "AccuracyOnly" else None
     throughput, source = _throughput(summary, sut)
     metric, value = summary.performance
     return BenchmarkResult(
-        run_id=run_id, run_dir=run_uri, model_name=spec.name, stand_in=model.stand_in, model_md5=model.md5,
-        model_source=model.source, dataset=manifest.source, dataset_size=manifest.size,
+        run_id=run_id, run_dir=redact_text(run_uri), model_name=spec.name, stand_in=model.stand_in,
+        model_md5=model.md5, model_source=redact_text(model.source), dataset=redact_text(manifest.source),
+        dataset_size=manifest.size,
         dataset_digest=manifest.digest, scenario=config.scenario, mode=config.mode,
         providers=list(backend.providers), mAP=accuracy.mAP if accuracy else None,
         coco_stats=accuracy.stats if accuracy else None, samples_per_second=throughput,
@@ -140,7 +173,28 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         performance_metric=metric, performance=value,
         effective_settings=summary.effective_settings, loadgen_errors=summary.errors, started=started,
         duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
+        output_problems=sut.outputs.counts(), notes=notes,
     )
+
+
+def _notes(spec: ModelSpec, mode: str) -> list[str]:
+    """What the result's reader must be told: a model scored against labels it does not use."""
+    if spec.label_space is LabelSpace.OPENIMAGES and mode == "AccuracyOnly":
+        return [FOREIGN_LABELS_NOTE.format(model=spec.name, space="OpenImages")]
+    return []
+
+
+def _output_verdict(outputs: OutputTally, spec: ModelSpec, tolerate: bool) -> list[str]:
+    """Fail on bad model outputs, or (tolerated) say in a note what was dropped."""
+    if not outputs.counts():
+        return []
+    if not tolerate:
+        raise BadModelOutputsError(f"the {spec.name} model's outputs failed the checks: {outputs.message(spec)}. "
+                                   "Fix the model, or pass tolerate_bad_outputs=True to drop these detections "
+                                   "and score the rest")
+    note = f"dropped bad model outputs (tolerate_bad_outputs): {outputs.message(spec)}"
+    log.warning("%s", note)
+    return [note]
 
 
 def _accuracy(log_dir: Path, annotations: dict, expected: int) -> AccuracyResult:
@@ -160,8 +214,12 @@ def _throughput(summary: LoadGenSummary, sut: DetectionSUT) -> tuple[float | Non
 def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> BenchmarkResult:
     """The whole benchmark in one process, no Prefect: data, preprocessing, model, LoadGen, accuracy."""
     storage = storage or Storage()
-    source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size)
-    manifest = ingest(source, params.loadgen_dataset_size, storage, LogProgress("download images", log))
-    preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log))
-    model = fetch_model(params.spec, params.model_url, params.model_md5, storage)
-    return run_inference(params, manifest, model, storage)
+    with step("download"):
+        source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size)
+        manifest = ingest(source, params.loadgen_dataset_size, storage, LogProgress("download images", log))
+    with step("preprocess"):
+        preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log))
+    with step("fetch-model"):
+        model = fetch_model(params.spec, params.model_url, params.model_md5, storage)
+    with step("inference"):
+        return run_inference(params, manifest, model, storage)

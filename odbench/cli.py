@@ -1,6 +1,8 @@
 """The command line of the Prefect-free core: `python -m odbench --model_name retinanet ...`.
 
 Every BenchmarkParams field is an option of the same name; the flow's command line reuses these.
+Exit codes: 0 done, 1 the run failed (one line naming why), 2 a bad option, 130 interrupted (Ctrl-C:
+one line naming the step, no traceback).
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ from typing import Any
 from odbench.params import BenchmarkParams
 
 
-def _option_type(hint: Any) -> tuple[type, tuple | None]:
-    """The argparse type and choices of a field: `int`, `float | None`, `Literal[...]`."""
+def parse_bool(text: str) -> bool:
+    """`true`/`false` (also 1/0, yes/no) as a bool; argparse's `bool` would take "false" as True."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return value
+
+
+def _option_type(hint: Any) -> tuple[Any, tuple | None]:
+    """The argparse type and choices of a field: `int`, `float | None`, `bool`, `Literal[...]`."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if typing.get_origin(hint) is typing.Literal:
         return str, typing.get_args(hint)
+    if hint is bool:
+        return parse_bool, None
     return hint, None
 
 
@@ -31,6 +43,7 @@ def add_param_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(BenchmarkParams):
         kind, choices = _option_type(hints[f.name])
         parser.add_argument(f"--{f.name}", type=kind, choices=choices, default=getattr(defaults, f.name),
+                            metavar="{true,false}" if kind is parse_bool else None,
                             help=f"default: {getattr(defaults, f.name)!r}")
 
 
@@ -44,7 +57,17 @@ def log_level(verbosity: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m odbench`: the exit code of the module docstring."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, no traceback
+        print(f"interrupted during {getattr(err, 'step', 'start-up')}", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from odbench.benchmark import BenchmarkResult, run_benchmark
+    from odbench.redact import redact_text
     from odbench.report import terminal_summary
     from odbench.storage import Storage, default_storage_url
 
@@ -57,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: BenchmarkResult = run_benchmark(BenchmarkParams(**params_from_args(args)), Storage(args.storage_url))
     except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero
-        print(f"benchmark failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(redact_text(f"benchmark failed: {type(err).__name__}: {err}"), file=sys.stderr)
         return 1
     print(terminal_summary(result))
     if args.json:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from odbench.storage import UnsafePathError, safe_rel
+
 
 @dataclass(frozen=True)
 class CocoCategory:
@@ -74,6 +76,10 @@ class DatasetTooSmallError(ValueError):
     pass
 
 
+class AnnotationError(ValueError):
+    """An annotation file whose structure or an entry is not what a COCO instances file holds."""
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One entry of the annotation file's `images` list; `index` is its position there (qsl_idx)."""
@@ -89,20 +95,62 @@ def parse_annotations(data: bytes) -> dict[str, Any]:
     """Parse an instances_*.json, with an error that says what is wrong with it."""
     try:
         coco = json.loads(data)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"the annotation file is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"the annotation file is not valid JSON: {err}") from err
+    if not isinstance(coco, dict):
+        raise AnnotationError(f"the annotation file holds a JSON {type(coco).__name__}, not an object: "
+                              "is it a COCO instances file?")
     missing = [key for key in ("images", "annotations", "categories") if key not in coco]
     if missing:
-        raise ValueError(f"the annotation file lacks {', '.join(missing)}: is it a COCO instances file?")
+        raise AnnotationError(f"the annotation file lacks {', '.join(missing)}: is it a COCO instances file?")
+    wrong = [key for key in ("images", "annotations", "categories") if not isinstance(coco[key], list)]
+    if wrong:
+        raise AnnotationError(f"the annotation file's {', '.join(wrong)} must be a list (of objects), got "
+                              f"{', '.join(type(coco[key]).__name__ for key in wrong)}")
     return coco
 
 
 def images_in_order(coco: dict[str, Any]) -> list[ImageRecord]:
-    """All images in annotation-file order: the order MLPerf's qsl_idx refers to."""
-    return [
-        ImageRecord(i, int(im["id"]), im["file_name"], int(im["width"]), int(im["height"]))
-        for i, im in enumerate(coco["images"])
-    ]
+    """All images in annotation-file order: the order MLPerf's qsl_idx refers to. Each entry is
+    checked (id, file_name, width, height present and well typed; file_name a relative path that stays
+    in the images folder; ids unique), and a bad one is an AnnotationError naming it and the field."""
+    if not isinstance(coco.get("images"), list):
+        raise AnnotationError("the annotation file's images must be a list of objects")
+    records = [_image_record(i, entry) for i, entry in enumerate(coco["images"])]
+    seen: dict[int, int] = {}
+    for record in records:
+        if record.id in seen:
+            raise AnnotationError(f"annotation images[{record.index}] repeats id {record.id} of "
+                                  f"images[{seen[record.id]}]: image ids must be unique")
+        seen[record.id] = record.index
+    return records
+
+
+def _image_record(index: int, entry: Any) -> ImageRecord:
+    """One `images` entry as an ImageRecord, or an AnnotationError naming the entry and the field."""
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"annotation images[{index}] is a {type(entry).__name__}, not an object")
+    where = f"annotation images[{index}]" + (f" (id {entry['id']!r})" if "id" in entry else "")
+    missing = [key for key in ("id", "file_name", "width", "height") if key not in entry]
+    if missing:
+        raise AnnotationError(f"{where} lacks the field(s) {', '.join(missing)}")
+    image_id = _whole_number(entry["id"], where, "id", minimum=0)
+    width = _whole_number(entry["width"], where, "width", minimum=1)
+    height = _whole_number(entry["height"], where, "height", minimum=1)
+    try:
+        file_name = safe_rel(entry["file_name"], f"{where}: file_name")
+    except UnsafePathError as err:
+        raise AnnotationError(str(err)) from None
+    return ImageRecord(index, image_id, file_name, width, height)
+
+
+def _whole_number(value: Any, where: str, key: str, minimum: int) -> int:
+    """An int field (a float with no fraction is accepted, as JSON writers emit `640.0`); else an error."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AnnotationError(f"{where}: field {key} must be a whole number >= {minimum}, got {value!r}")
+    return value
 
 
 def first_n(images: list[ImageRecord], n: int) -> list[ImageRecord]:
@@ -118,4 +166,9 @@ def first_n(images: list[ImageRecord], n: int) -> list[ImageRecord]:
 
 
 def category_ids(coco: dict[str, Any]) -> list[int]:
-    return sorted(int(c["id"]) for c in coco["categories"])
+    """The category ids the annotation file lists, sorted; a malformed entry is an AnnotationError."""
+    try:
+        return sorted(int(c["id"]) for c in coco["categories"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise AnnotationError(f"the annotation file's categories must be objects with an integer id ({err!r})") \
+            from None

@@ -1,25 +1,49 @@
 """Where COCO comes from (official archives, a COCO-layout folder at any URL, or the synthetic set)
 and how its first N images are brought into storage, each verified and addressed by content.
+
+Data is untrusted: every `file_name` is a relative path that stays in `val2017/` (checked in
+`odbench.coco`; for a local folder also after resolving symbolic links; for HTTP each path segment is
+percent-encoded, so a name cannot become `..` on the server), sizes are bounded (`odbench.limits`),
+and URLs are redacted wherever they are written (`describe`, messages).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote, unquote, urlsplit
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from odbench import coco, synthetic
-from odbench.fetch import StoredFile, fetch, info_signature, read_zip_members, store_bytes
-from odbench.storage import Storage
+from odbench.fetch import (
+    SourceUnavailableError,
+    StoredFile,
+    aiohttp_errors,
+    fetch,
+    has_change_stamp,
+    info_signature,
+    read_zip_members,
+    store_bytes,
+)
+from odbench.limits import LimitExceededError, Limits
+from odbench.redact import redact_text, redact_url
+from odbench.storage import Storage, UnsafePathError, safe_rel
 
 ANNOTATIONS_MEMBER = "annotations/instances_val2017.json"
 IMAGES_DIR = "val2017"
 Progress = Callable[[int, int], None]
+INFO_WORKERS = 16  # concurrent metadata requests when a folder's listing lacks change stamps
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,7 @@ class ArchiveSource:
     annotations_md5: str
 
     def describe(self) -> str:
-        return f"archives {self.images_url} + {self.annotations_url}"
+        return f"archives {redact_url(self.images_url)} + {redact_url(self.annotations_url)}"
 
 
 OFFICIAL_COCO_VAL2017 = ArchiveSource(
@@ -50,10 +74,26 @@ class FolderSource:
     url: str
 
     def describe(self) -> str:
-        return f"folder {self.url}"
+        return f"folder {redact_url(self.url)}"
 
     def file_url(self, rel: str) -> str:
+        """The URL of a file of the folder; `rel` must stay inside it (over HTTP each segment is
+        percent-encoded, so that the server cannot read `%2e%2e` or `..%2f` as a way up)."""
+        safe_rel(rel, "dataset file")
+        if self.url.lower().startswith(("http://", "https://")):
+            rel = "/".join(quote(segment, safe="") for segment in rel.split("/"))
         return f"{self.url.rstrip('/')}/{rel}"
+
+    def check_inside(self, rel: str, what: str) -> None:
+        """For a local folder: `rel` after resolving symbolic links must stay in the folder or in its
+        images folder (which may itself link elsewhere); else UnsafePathError naming `what`."""
+        fs, root = fsspec.core.url_to_fs(self.url)
+        if not isinstance(fs, LocalFileSystem):
+            return
+        real = os.path.realpath(os.path.join(root, rel))
+        homes = {os.path.realpath(root), os.path.realpath(os.path.join(root, IMAGES_DIR))}
+        if not any(real.startswith(home.rstrip("/") + "/") for home in homes):
+            raise UnsafePathError(f"{what}: {rel!r} resolves to {real}, outside the dataset folder {root}: refused")
 
 
 @dataclass(frozen=True)
@@ -75,7 +115,10 @@ def parse_dataset_url(dataset_url: str | None, dataset_size: int) -> DatasetSour
     if not dataset_url:
         return OFFICIAL_COCO_VAL2017
     if dataset_url == "synthetic":
-        return SyntheticSource(num_images=max(SyntheticSource.num_images, dataset_size))
+        source = SyntheticSource(num_images=max(SyntheticSource.num_images, dataset_size))
+        Limits.from_env().check("max_synthetic_images", source.num_images,
+                                f"dataset_url=synthetic with loadgen_dataset_size={dataset_size}")
+        return source
     return FolderSource(dataset_url)
 
 
@@ -134,31 +177,77 @@ def fingerprint(source: DatasetSource, n: int) -> str:
 
 
 def _folder_fingerprint(source: FolderSource, n: int) -> list[str]:
-    """The annotation file's md5 and the size and change stamps of each of the first n images (from
-    one listing; where the backend cannot list, such as some HTTP servers, the annotation file alone)."""
+    """The annotation file's md5 and the size and change stamps of each of the first n images: from
+    one listing of the images folder, and for images the listing gives no change stamp (HTTP listings
+    give none), from each file's own metadata. Where even that gives none, whether an image changed
+    cannot be told: a warning says so, and a fresh nonce in the key makes every run fetch the images
+    again rather than reuse what may be old ones (as for models without change stamps)."""
     data = _read_url(source.file_url(ANNOTATIONS_MEMBER))
     images = coco.first_n(coco.images_in_order(coco.parse_annotations(data)), n)
+    infos = _listing(source)
+    unknown = [im.file_name for im in images if not has_change_stamp(infos.get(im.file_name, {}))]
+    with ThreadPoolExecutor(max_workers=INFO_WORKERS) as pool:
+        infos.update(zip(unknown, pool.map(lambda name: _file_info(source, name), unknown)))
+    parts = [hashlib.md5(data).hexdigest(), *(f"{im.file_name}:{info_signature(infos[im.file_name])}"
+                                              for im in images if im.file_name in infos)]
+    if unstamped := [im.file_name for im in images if not has_change_stamp(infos.get(im.file_name, {}))]:
+        log.warning("%s gives no modification time or ETag for %d of the %d images (e.g. %s), so odbench "
+                    "cannot tell whether they changed: they are fetched again on every run", source.describe(),
+                    len(unstamped), len(images), unstamped[0])
+        parts.append(f"unversioned:{uuid.uuid4().hex}")
+    return parts
+
+
+def _listing(source: FolderSource) -> dict[str, dict]:
+    """`info` entries of the images folder by file name (relative to it), from one listing; {} where
+    the backend cannot list."""
     fs, root = fsspec.core.url_to_fs(source.url)
+    folder = f"{root.rstrip('/')}/{IMAGES_DIR}"
     try:
-        listing = fs.ls(f"{root.rstrip('/')}/{IMAGES_DIR}", detail=True)
-    except (OSError, NotImplementedError, ValueError):
-        listing = []
-    signatures = {Path(entry["name"]).name: info_signature(entry) for entry in listing}
-    return [hashlib.md5(data).hexdigest(), *(f"{im.file_name}:{signatures.get(im.file_name)}" for im in images)]
+        listing = fs.ls(folder, detail=True)
+    except (OSError, NotImplementedError, ValueError, aiohttp_errors()):
+        return {}
+    names = {}
+    for entry in listing:
+        name = str(entry.get("name", "")).rstrip("/")
+        rel = name[len(folder) + 1:] if name.startswith(f"{folder}/") else Path(name).name
+        names[unquote(rel) if source.url.lower().startswith(("http://", "https://")) else rel] = entry
+    return names
+
+
+def _file_info(source: FolderSource, file_name: str) -> dict:
+    """fsspec `info` of one image of the folder, or an error naming its (redacted) URL."""
+    url = source.file_url(f"{IMAGES_DIR}/{file_name}")
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.info(path)
+    except (OSError, ValueError, NotImplementedError, aiohttp_errors()) as err:
+        raise SourceUnavailableError(f"cannot read {redact_url(url)}: {redact_text(str(err))}") from None
 
 
 def _read_url(url: str) -> bytes:
+    """An annotation file's bytes (at most `Limits.max_annotation_bytes`); errors name the redacted URL."""
+    maximum = Limits.from_env().max_annotation_bytes
     try:
         with fsspec.open(url, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError as err:
+            data = handle.read(maximum + 1)
+    except FileNotFoundError:
         raise FileNotFoundError(
-            f"{url} not found: a dataset folder must hold {ANNOTATIONS_MEMBER} and {IMAGES_DIR}/*.jpg"
-        ) from err
+            f"{redact_url(url)} not found: a dataset folder must hold {ANNOTATIONS_MEMBER} and {IMAGES_DIR}/*.jpg"
+        ) from None
+    except (OSError, ValueError, aiohttp_errors()) as err:
+        raise SourceUnavailableError(f"cannot read {redact_url(url)}: {redact_text(str(err))}") from None
+    if len(data) > maximum:
+        raise LimitExceededError("max_annotation_bytes", len(data), maximum,
+                                 f"{redact_url(url)} (stopped reading there)")
+    return data
 
 
 def ingest(source: DatasetSource, n: int, storage: Storage, progress: Progress | None = None) -> DatasetManifest:
-    """Bring the annotation file and the first n images of `source` into storage; return the manifest."""
+    """Bring the annotation file and the first n images of `source` into storage; return the manifest.
+    Stale temporaries of interrupted ingests (see `Storage.remove_stale_temporaries`) go first."""
+    for folder in ("sources", "datasets"):
+        storage.remove_stale_temporaries(folder)
     if isinstance(source, ArchiveSource):
         manifest = _ingest_archives(source, n, storage, progress)
     elif isinstance(source, SyntheticSource):
@@ -170,14 +259,16 @@ def ingest(source: DatasetSource, n: int, storage: Storage, progress: Progress |
 
 
 def _ingest_archives(source: ArchiveSource, n: int, storage: Storage, progress: Progress | None) -> DatasetManifest:
-    ann_zip = fetch(source.annotations_url, storage, "sources", Path(source.annotations_url).name,
-                    source.annotations_md5)
-    ann_bytes = read_zip_members(storage, ann_zip.rel, [ANNOTATIONS_MEMBER])[ANNOTATIONS_MEMBER]
+    ann_zip = fetch(source.annotations_url, storage, "sources",
+                    url_file_name(source.annotations_url, "annotations.zip"), source.annotations_md5)
+    ann_bytes = read_zip_members(storage, ann_zip.rel, [ANNOTATIONS_MEMBER],
+                                 "max_annotation_bytes")[ANNOTATIONS_MEMBER]
     ann = store_bytes(ann_bytes, storage, "sources", Path(ANNOTATIONS_MEMBER).name)
     images = coco.first_n(coco.images_in_order(coco.parse_annotations(ann_bytes)), n)
-    img_zip = fetch(source.images_url, storage, "sources", Path(source.images_url).name, source.images_md5)
+    img_zip = fetch(source.images_url, storage, "sources", url_file_name(source.images_url, "images.zip"),
+                    source.images_md5)
     members = [f"{IMAGES_DIR}/{im.file_name}" for im in images]
-    blobs = read_zip_members(storage, img_zip.rel, members)
+    blobs = read_zip_members(storage, img_zip.rel, members, "max_image_bytes")
     stored = []
     for done, (im, member) in enumerate(zip(images, members), 1):
         stored.append(_stored_image(im, store_bytes(blobs[member], storage, "sources", im.file_name)))
@@ -187,13 +278,16 @@ def _ingest_archives(source: ArchiveSource, n: int, storage: Storage, progress: 
 
 
 def _ingest_folder(source: FolderSource, n: int, storage: Storage, progress: Progress | None) -> DatasetManifest:
+    source.check_inside(ANNOTATIONS_MEMBER, "the annotation file")
     ann = store_bytes(_read_url(source.file_url(ANNOTATIONS_MEMBER)), storage, "sources",
                       Path(ANNOTATIONS_MEMBER).name)
     images = coco.first_n(coco.images_in_order(coco.parse_annotations(storage.read_bytes(ann.rel))), n)
     stored = []
     for done, im in enumerate(images, 1):
-        url = source.file_url(f"{IMAGES_DIR}/{im.file_name}")
-        stored.append(_stored_image(im, fetch(url, storage, "sources", im.file_name)))
+        rel = f"{IMAGES_DIR}/{im.file_name}"
+        source.check_inside(rel, f"annotation images[{im.index}] (id {im.id}): file_name")
+        stored.append(_stored_image(im, fetch(source.file_url(rel), storage, "sources", im.file_name,
+                                              limit="max_image_bytes")))
         if progress:
             progress(done, n)
     return DatasetManifest(source.describe(), ann.rel, ann.md5, tuple(stored))
@@ -208,6 +302,16 @@ def _ingest_synthetic(source: SyntheticSource, n: int, storage: Storage,
         folder = synthetic.generate_dataset(local or Path(tmp) / "set", source.num_images, source.seed)
         manifest = _ingest_folder(FolderSource(str(folder)), n, storage, progress)
     return DatasetManifest(source.describe(), manifest.annotations_rel, manifest.annotations_md5, manifest.images)
+
+
+def url_file_name(url: str, fallback: str) -> str:
+    """The last segment of a URL's path (never its query, which may hold a token), if it is a plain
+    file name; else `fallback`."""
+    name = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) if "://" in url else Path(url).name
+    try:
+        return safe_rel(name) if "/" not in name else fallback
+    except UnsafePathError:
+        return fallback
 
 
 def _stored_image(im: coco.ImageRecord, stored: StoredFile) -> DatasetImage:

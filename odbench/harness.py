@@ -4,30 +4,53 @@ LoadGen reads its official settings (the mlperf.conf built into the library) und
 official key and then the generated user.conf, so official values apply unless the user overrides
 them. The SUT takes queries on LoadGen's thread and runs them on a worker pool, answering with
 `QuerySamplesComplete` from the workers; response buffers stay alive until that call returns.
+
+Nothing may raise into LoadGen's C++ threads (an exception there aborts the process), so every
+callback records its errors and still answers. Ctrl-C during a test stops it cleanly: LoadGen runs on
+a helper thread while the main thread waits in Python, where a SIGINT handler asks the SUT to stop;
+the SUT then answers every outstanding and later query at once, empty, LoadGen finishes its test,
+SUT and QSL are destroyed, and `run_loadgen` raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
-import array
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 
+from odbench import bounds
 from odbench.accuracy import encode_detections
 from odbench.backend import Backend
 from odbench.models import ModelSpec
+from odbench.output_checks import OutputTally, check_outputs
 
 log = logging.getLogger(__name__)
 Scenario = Literal["Offline", "SingleStream"]
 Mode = Literal["AccuracyOnly", "PerformanceOnly"]
 SCENARIOS: tuple[str, ...] = get_args(Scenario)
 MODES: tuple[str, ...] = get_args(Mode)
+# LoadGenConfig field -> the parameter a user sets it with (errors name the parameter)
+PARAMETER_NAMES = {
+    "buffer_size": "loadgen_buffer_size",
+    "target_qps": "loadgen_target_qps",
+    "target_latency_ms": "loadgen_target_latency",
+    "count_override": "loadgen_count_override",
+    "min_duration_s": "loadgen_min_duration_s",
+    "max_duration_s": "loadgen_max_duration_s",
+}
+# mlperf.conf's values where the user sets none (its `*.*` lines; retinanet adds a min query count)
+OFFICIAL_MIN_DURATION_S = 600.0
+OFFICIAL_OFFLINE_QPS = 1.0
+OFFICIAL_SINGLE_STREAM_LATENCY_MS = 10.0
+_NO_ROWS = np.zeros((0, 7), np.float32)
+_EMPTY = np.zeros(1, np.float32)  # a valid address for empty responses (size 0)
 
 
 @dataclass(frozen=True)
@@ -44,21 +67,45 @@ class LoadGenConfig:
     max_duration_s: float | None = None
 
     def __post_init__(self) -> None:
+        """Fail on values LoadGen would abort on, or plan too much memory for (odbench/bounds.py)."""
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown loadgen_scenario {self.scenario!r}; valid: {', '.join(SCENARIOS)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown loadgen_mode {self.mode!r}; valid: {', '.join(MODES)}")
-        for name in ("buffer_size", "target_qps", "target_latency_ms", "count_override"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"loadgen_{name} must be positive, got {value}")
-        for name in ("min_duration_s", "max_duration_s"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"loadgen_{name} must be 0 or more, got {value}")
+        table = bounds.bounds()
+        for f in fields(self):
+            if f.name in PARAMETER_NAMES:
+                bounds.check(PARAMETER_NAMES[f.name], getattr(self, f.name), table[PARAMETER_NAMES[f.name]])
         if self.min_duration_s and self.max_duration_s and self.min_duration_s > self.max_duration_s:
             raise ValueError(f"loadgen_min_duration_s ({self.min_duration_s}) is above loadgen_max_duration_s "
                              f"({self.max_duration_s})")
+        if self.mode == "PerformanceOnly":
+            self._check_planned_samples()
+
+    def planned_samples(self) -> tuple[float, str, str]:
+        """About how many samples LoadGen generates for a PerformanceOnly test (it allocates them all
+        before the first query), the product that gives them, and how to lower it, in words."""
+        count = self.count_override or 0
+        duration = (self.min_duration_s if self.min_duration_s is not None
+                    else 0.0 if self.count_override else OFFICIAL_MIN_DURATION_S)
+        dur = f"loadgen_min_duration_s {duration:g} s" + ("" if self.min_duration_s is not None else " (official)")
+        if self.scenario == "Offline":  # one query of max(min_query_count, 1.1 x duration x qps) samples
+            qps = self.target_qps or OFFICIAL_OFFLINE_QPS
+            qps_text = f"loadgen_target_qps {qps:g}" + ("" if self.target_qps else " (official)")
+            return (max(count, 1.1 * duration * qps), f"1.1 × {qps_text} × {dur}",
+                    "lower loadgen_target_qps or loadgen_min_duration_s")
+        latency = self.target_latency_ms or OFFICIAL_SINGLE_STREAM_LATENCY_MS  # twice the expected queries
+        latency_text = f"loadgen_target_latency {latency:g} ms" + ("" if self.target_latency_ms else " (official)")
+        return (max(count, 2 * duration * 1000 / latency), f"2 × {dur} / {latency_text}",
+                "raise loadgen_target_latency or lower loadgen_min_duration_s")
+
+    def _check_planned_samples(self) -> None:
+        planned, how, fix = self.planned_samples()
+        if planned > bounds.MAX_LOADGEN_SAMPLES:
+            raise bounds.ParameterRangeError(
+                f"LoadGen would generate about {planned:.0f} samples for this test ({how}) and allocates them "
+                f"all before it starts; at most {bounds.MAX_LOADGEN_SAMPLES}: {fix}, or set loadgen_count_override "
+                f"for an exact count")
 
     def performance_count(self, total_count: int) -> int:
         """Samples LoadGen keeps loaded in performance mode: the buffer size, at most the dataset."""
@@ -86,64 +133,114 @@ class SampleLibrary:
     """LoadGen's QSL: loads samples (already normalized) into RAM on LoadGen's request.
 
     A failed load is recorded, never raised: an exception escaping into LoadGen's C++ thread kills
-    the process. The SUT then fails that sample, and the run reports the first error."""
+    the process. The SUT then fails that sample, and the run reports the first error. Once stopping,
+    loads are skipped (the SUT answers without the samples)."""
 
     def __init__(self, count: int, load: Callable[[int], np.ndarray]):
         self.count = count
         self._load = load
         self._samples: dict[int, np.ndarray] = {}
         self.errors: list[BaseException] = []
+        self.stopping = False  # a plain flag: set from a signal handler
 
     def load_samples(self, indices: Sequence[int]) -> None:
         for idx in indices:
+            if self.stopping:
+                return
             try:
                 self._samples[idx] = self._load(idx)
-            except Exception as err:  # noqa: BLE001 — see the class docstring
+            except BaseException as err:  # noqa: BLE001 — see the class docstring
                 self.errors.append(err)
 
     def unload_samples(self, indices: Sequence[int]) -> None:
-        for idx in indices:
-            self._samples.pop(idx, None)
+        try:
+            for idx in indices:
+                self._samples.pop(idx, None)
+        except BaseException as err:  # noqa: BLE001 — see the class docstring
+            self.errors.append(err)
 
     def __getitem__(self, idx: int) -> np.ndarray:
         return self._samples[idx]
 
 
 class DetectionSUT:
-    """LoadGen's SUT: each query sample becomes one inference on a worker thread."""
+    """LoadGen's SUT: each query sample becomes one inference on a worker thread, its outputs checked
+    (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
 
     def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1):
         self.backend, self.library, self.spec, self.workers = backend, library, spec, workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut")
         self.errors: list[BaseException] = []
+        self.outputs = OutputTally()
         self._lock = threading.Lock()
         self.completed = 0
         self.busy_s = 0.0  # summed over workers: time spent inferring and encoding
+        self.stopping = False  # a plain flag: set from a signal handler
+
+    def request_stop(self) -> None:
+        """Answer every outstanding and later query at once, empty, so LoadGen ends its test."""
+        self.stopping = self.library.stopping = True
 
     def issue_queries(self, samples) -> None:
-        for sample in samples:
-            self.pool.submit(self._run_one, sample.id, sample.index)
+        done = 0
+        try:
+            for sample in samples:
+                if self.stopping:
+                    self._complete_empty([s.id for s in samples[done:]])
+                    return
+                self.pool.submit(self._run_one, sample.id, sample.index)
+                done += 1
+        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
+            self._record(err)
+            self._complete_empty([s.id for s in samples[done:]])
 
     def flush_queries(self) -> None:
         pass
 
     def _run_one(self, sample_id: int, qsl_idx: int) -> None:
-        import mlperf_loadgen as lg
-
+        if self.stopping:
+            self._complete_empty([sample_id])
+            return
         start = time.perf_counter()
         try:
-            boxes, scores, labels = self.backend.infer(self.library[qsl_idx])
-            rows = encode_detections(qsl_idx, boxes, scores, labels, self.spec)
+            rows = self._detect(qsl_idx)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
-            with self._lock:
-                self.errors.append(err)
-            rows = np.zeros((0, 7), np.float32)
-        buffer = array.array("B", rows.tobytes())
-        address, _ = buffer.buffer_info()
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, address, len(buffer))])
+            self._record(err)
+            rows = _NO_ROWS
+        self._complete(sample_id, rows)
         with self._lock:
             self.completed += 1
             self.busy_s += time.perf_counter() - start
+
+    def _detect(self, qsl_idx: int) -> np.ndarray:
+        """One sample's checked detections as accuracy-log rows."""
+        boxes, scores, labels = self.backend.infer(self.library[qsl_idx])
+        checked = check_outputs(boxes, scores, labels, self.spec)
+        self.outputs.add(qsl_idx, checked.problems)
+        return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)
+
+    def _complete(self, sample_id: int, rows: np.ndarray) -> None:
+        """Answer one sample; `rows` stays alive (and contiguous) until LoadGen has copied it."""
+        try:
+            import mlperf_loadgen as lg
+
+            rows = np.ascontiguousarray(rows, np.float32)
+            data = rows if rows.size else _EMPTY
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)])
+        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
+            self._record(err)
+
+    def _complete_empty(self, sample_ids: list[int]) -> None:
+        try:
+            import mlperf_loadgen as lg
+
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(i, _EMPTY.ctypes.data, 0) for i in sample_ids])
+        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
+            self._record(err)
+
+    def _record(self, err: BaseException) -> None:
+        with self._lock:
+            self.errors.append(err)
 
     def throughput(self) -> float | None:
         """Samples per second of the SUT's own inference time (LoadGen's untimed sample loads, which
@@ -162,8 +259,67 @@ class LoadGenRun:
     user_conf: Path
 
 
+class _StopOnInterrupt:
+    """While active (main thread only), SIGINT sets a flag and stops the SUT instead of raising
+    KeyboardInterrupt; the previous handler is restored on exit."""
+
+    def __init__(self, sut: DetectionSUT):
+        self.sut, self.interrupted, self._previous, self._installed = sut, False, None, False
+
+    def _handle(self, signum, frame) -> None:
+        self.interrupted = True
+        self.sut.request_stop()
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+def _wait_for(test: Callable[[], None], interrupts: _StopOnInterrupt) -> None:
+    """Run LoadGen's blocking test on a helper thread while this thread waits in Python, so that a
+    signal handler runs here promptly (it cannot while this thread is inside LoadGen's C++). Whatever
+    interrupts the wait (a KeyboardInterrupt from another handler, a SystemExit from a SIGTERM handler)
+    stops the SUT first and is raised only once LoadGen has finished its test."""
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            test()
+        except BaseException as err:  # noqa: BLE001 — re-raised on the calling thread
+            failures.append(err)
+
+    thread = threading.Thread(target=target, name="loadgen")
+    thread.start()
+    pending: BaseException | None = None
+    told = False
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt:
+            interrupts.interrupted = True
+            interrupts.sut.request_stop()
+        except BaseException as err:  # noqa: BLE001 — raised below, after LoadGen has stopped
+            pending = pending or err
+            interrupts.sut.request_stop()
+        if (interrupts.interrupted or pending) and not told:
+            # debug only: the command line's one line after Ctrl-C says what was interrupted
+            log.debug("interrupted: stopping LoadGen (outstanding queries are answered empty)")
+            told = True
+    if pending is not None:
+        raise pending
+    if failures:
+        raise failures[0]
+
+
 def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_dir: Path) -> LoadGenRun:
-    """Run one LoadGen test, writing user.conf and LoadGen's logs into log_dir."""
+    """Run one LoadGen test, writing user.conf and LoadGen's logs into log_dir; Ctrl-C stops it
+    cleanly and raises KeyboardInterrupt afterwards."""
     import mlperf_loadgen as lg
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -185,12 +341,17 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
     qsl = lg.ConstructQSL(library.count, config.performance_count(library.count),
                           library.load_samples, library.unload_samples)
     handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
-    try:
-        lg.StartTestWithLogSettings(handle, qsl, settings, log_settings, "")
-    finally:
-        lg.DestroySUT(handle)
-        lg.DestroyQSL(qsl)
-        sut.close()
+    with _StopOnInterrupt(sut) as interrupts:  # also over the clean-up: a second Ctrl-C cannot cut it short
+        try:
+            log.info("LoadGen test started: %s %s, %d samples (Ctrl-C stops it cleanly)", config.scenario,
+                     config.mode, library.count)
+            _wait_for(lambda: lg.StartTestWithLogSettings(handle, qsl, settings, log_settings, ""), interrupts)
+        finally:
+            lg.DestroySUT(handle)
+            lg.DestroyQSL(qsl)
+            sut.close()
+    if interrupts.interrupted:
+        raise KeyboardInterrupt(f"the LoadGen test was interrupted; its logs in {log_dir} are incomplete")
     if library.errors:
         raise RuntimeError(f"{len(library.errors)} sample(s) failed to load; first: {library.errors[0]}") \
             from library.errors[0]

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from odbench.cache_keys import PREFIX, record_prefix
 from odbench.models import ALIASES
-from odbench.storage import Storage
+from odbench.storage import Storage, is_temporary
 
 Kind = Literal["sources", "preprocessed", "models", "datasets", "synthetic", "runs", "history", "cache-records"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -232,7 +232,7 @@ def _item(kind: str, rel: str, members: list[_File], run_models: dict[str, str],
     newest = max((f.time for f in members if f.time is not None), default=now)
     paths = tuple(sorted(f.rel for f in members)) if rel.endswith("*") else ()
     return StoredItem(kind, rel, model, resolution, len(members), sum(f.size for f in members), newest,
-                      sum(map(_is_partial, (f.rel for f in members))), paths)
+                      sum(map(is_temporary, (f.rel for f in members))), paths)
 
 
 def _selectors(kind: str, rel: str, run_models: dict[str, str]) -> tuple[str | None, int | None]:
@@ -271,12 +271,6 @@ def _model_of_run_id(run_id: str) -> str | None:
     """The model of a run id `<stamp>-<model>-<scenario>-<mode>-<hex>`."""
     parts = run_id.split("-")
     return "-".join(parts[1:-3]) if len(parts) >= 5 else None
-
-
-def _is_partial(rel: str) -> bool:
-    """An incomplete write: an atomic writer's `.partial-*` temporary or a download still in `.staging/`."""
-    name = rel.rsplit("/", 1)[-1]
-    return (name.startswith(".") and ".partial-" in name) or "/.staging/" in f"/{rel}"
 
 
 def _record_name(rel: str) -> str:

@@ -7,6 +7,7 @@ effective settings (after mlperf.conf and user.conf) as typed JSON values.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,34 @@ from typing import Any
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 
 
+# LoadGen prints a non-finite double as a bare nan / inf, which is not JSON
+_BARE_NON_FINITE = re.compile(r"(?<=[:\[,\s])(-?)(nan|inf)(?=\s*[,}\]])")
+
+
+def _event(payload: str) -> dict[str, Any] | None:
+    """One MLLOG event, bare nan/inf read as NaN/Infinity; None when it still is not JSON."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        pass
+    try:
+        return json.loads(_BARE_NON_FINITE.sub(
+            lambda m: "NaN" if m.group(2) == "nan" else f"{m.group(1)}Infinity", payload))
+    except ValueError:
+        return None
+
+
 def read_detail_log(path: str | Path) -> dict[str, Any]:
-    """key -> value of every MLLOG event (the last value wins; errors are kept in a list)."""
+    """key -> value of every MLLOG event (the last value wins; errors, and lines that do not parse,
+    are kept in a list)."""
     events: dict[str, Any] = {"errors": []}
     for line in Path(path).read_text().splitlines():
         if not line.startswith(":::MLLOG "):
             continue
-        event = json.loads(line[len(":::MLLOG "):])
+        event = _event(line[len(":::MLLOG "):])
+        if not isinstance(event, dict) or "key" not in event:
+            events["errors"].append(f"unreadable LoadGen log line: {line[:200]}")
+            continue
         if event.get("metadata", {}).get("is_error"):
             events["errors"].append(f"{event['key']}: {event['value']}")
         events[event["key"]] = event["value"]

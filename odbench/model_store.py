@@ -1,5 +1,6 @@
 """Bring a model file into storage, from the registry's URL, any URL, or the stand-in builder,
-and check it against its spec before anything runs it.
+and check it against its spec before anything runs it. A stored model is checked against its md5
+whenever it is read: a file changed in storage is removed (and fetched again), never run.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from odbench import standin
-from odbench.fetch import StoredFile, fetch, has_change_stamp, info_signature, store_bytes, url_info
+from odbench.fetch import StoredFile, fetch, has_change_stamp, info_signature, md5_bytes, store_bytes, url_info
 from odbench.models import ModelSpec
+from odbench.redact import redact_url
 from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
 
 log = logging.getLogger(__name__)
 STANDIN = "standin"
+CHUNK = 1 << 20
+
+
+class CorruptModelError(ValueError):
+    """A stored model file whose bytes no longer match its md5 (it has been removed)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class StoredModel:
     rel: str
     md5: str
     stand_in: bool
-    source: str  # the URL it came from, or "standin"
+    source: str  # the URL it came from (credentials redacted), or "standin"
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -53,34 +60,74 @@ def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None) -
     info = url_info(model_url)
     if not has_change_stamp(info):
         log.warning("%s gives no modification time or ETag: it is fetched on every run (pass model_md5 "
-                    "to reuse it)", model_url)
+                    "to reuse it)", redact_url(model_url))
         return f"url:{model_url}:unversioned:{uuid.uuid4().hex}"
     return f"url:{model_url}:{info_signature(info)}"
 
 
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:
-    """Fetch or build the model, store it under models/<name>/<md5>/, and validate its I/O."""
+    """Fetch or build the model, store it under models/<name>/<md5>/, and validate its I/O.
+    A stored copy that no longer matches its md5 is removed and fetched (or built) again."""
+    stored = _store(spec, model_url, model_md5, storage)
+    data = storage.read_bytes(stored.rel)
+    if (found := md5_bytes(data)) != stored.md5:
+        _remove_corrupt(stored.rel, stored.md5, found, storage)
+        stored = _store(spec, model_url, model_md5, storage)
+        data = storage.read_bytes(stored.rel)
+    _validate_or_remove(data, stored, spec, storage)
+    return StoredModel(spec.name, stored.rel, stored.md5, model_url == STANDIN, redact_url(model_url) or spec.url)
+
+
+def _store(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredFile:
     kind = f"models/{spec.name}"
     if model_url == STANDIN:
-        stored = store_bytes(standin.build_standin(spec), storage, kind, f"{spec.name}-standin.onnx")
-    else:
-        url = model_url or spec.url
-        md5 = model_md5 or (spec.md5 if not model_url else None)
-        stored = fetch(url, storage, kind, Path(url).name or f"{spec.name}.onnx", md5)
-    _validate_or_remove(stored, spec, storage)
-    return StoredModel(spec.name, stored.rel, stored.md5, model_url == STANDIN, model_url or spec.url)
+        return store_bytes(standin.build_standin(spec), storage, kind, f"{spec.name}-standin.onnx")
+    url = model_url or spec.url
+    md5 = model_md5 or (spec.md5 if not model_url else None)
+    return fetch(url, storage, kind, Path(url).name or f"{spec.name}.onnx", md5)
 
 
-def _validate_or_remove(stored: StoredFile, spec: ModelSpec, storage: Storage) -> None:
+def _validate_or_remove(data: bytes, stored: StoredFile, spec: ModelSpec, storage: Storage) -> None:
     """A file that breaks the contract is removed, so no later run trusts it."""
     try:
-        validate_model(storage.read_bytes(stored.rel), spec)
+        validate_model(data, spec)
     except ModelContractError:
         storage.remove(stored.rel.rsplit("/", 1)[0])
         raise
 
 
+def _remove_corrupt(rel: str, expected: str, found: str, storage: Storage) -> None:
+    log.warning("%s has md5 %s, not %s: the stored model was changed or damaged; removed, it is fetched again",
+                rel, found, expected)
+    storage.remove(rel)
+
+
+def stored_md5(storage: Storage, rel: str) -> str:
+    """The md5 of a stored file, read in chunks."""
+    digest = hashlib.md5()
+    with storage.open(rel) as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_stored(model: StoredModel, storage: Storage) -> str | None:
+    """None when storage holds the model file with its md5; else what is wrong (a damaged file is removed)."""
+    if not storage.exists(model.rel):
+        return f"{model.rel} is missing"
+    if (found := stored_md5(storage, model.rel)) != model.md5:
+        _remove_corrupt(model.rel, model.md5, found, storage)
+        return f"{model.rel} has md5 {found}, not {model.md5} (removed)"
+    return None
+
+
 def model_bytes(model: StoredModel, storage: Storage) -> bytes | str:
-    """What onnxruntime loads: the local path when storage is local, else the bytes."""
+    """What onnxruntime loads: the local path when storage is local, else the bytes; either only after
+    the file's md5 matched the model's (a damaged file is removed and the error says to run again)."""
     local = storage.local_path(model.rel)
-    return str(local) if local else storage.read_bytes(model.rel)
+    data = b"" if local else storage.read_bytes(model.rel)
+    if (found := stored_md5(storage, model.rel) if local else md5_bytes(data)) != model.md5:
+        _remove_corrupt(model.rel, model.md5, found, storage)
+        raise CorruptModelError(f"the stored model {model.rel} has md5 {found}, not {model.md5} (removed); "
+                                "run again to fetch it anew")
+    return str(local) if local else data

@@ -1,13 +1,21 @@
-"""The benchmark's parameters, with the axs workflow's names and defaults, checked before any work."""
+"""The benchmark's parameters, with the axs workflow's names and defaults, checked before any work.
+
+Every numeric parameter has a range (odbench/bounds.py, one table); an error names the parameter,
+its value and the allowed range, before anything is downloaded or LoadGen starts.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
+from odbench import bounds
 from odbench.backend import DEVICES, ExecutionDevice
 from odbench.harness import LoadGenConfig, Mode, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
+
+BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
 
 
 @dataclass(frozen=True)
@@ -15,7 +23,7 @@ class BenchmarkParams:
     model_name: ModelName = "ssd_resnet34"
     framework: Literal["onnx"] = "onnx"
     batch_size: int = 1
-    verbosity: int = 2  # 0: warnings only, 1-2: progress, 3+: debug
+    verbosity: int = 2  # 0: warnings only, 1-2: progress, 3: debug
     loadgen_dataset_size: int = 20
     loadgen_buffer_size: int = 8
     loadgen_scenario: Scenario = "Offline"
@@ -28,21 +36,26 @@ class BenchmarkParams:
     loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
     loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
-    cpu_threads: int = 0  # 0: onnxruntime's default
+    cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
     model_url: str | None = None  # None: the registry's URL; "standin"; or any model file URL/path
     model_md5: str | None = None
+    tolerate_bad_outputs: bool = False  # True: drop and count bad detections instead of failing the run
 
     def __post_init__(self) -> None:
         """Fail on bad values before anything is downloaded."""
         self.spec  # unknown model names list the known ones
-        self.loadgen_config  # scenario, mode and targets
-        if self.loadgen_dataset_size < 1:
-            raise ValueError(f"loadgen_dataset_size must be at least 1, got {self.loadgen_dataset_size}")
+        table = bounds.bounds()
+        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads"):
+            bounds.check(name, getattr(self, name), table[name])
+        self.loadgen_config  # scenario, mode, targets, counts and durations
         self._check_unsupported()
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
+        if not isinstance(self.tolerate_bad_outputs, bool):
+            raise ValueError(f"tolerate_bad_outputs={self.tolerate_bad_outputs!r} is not a boolean: use true or false")
+        self._check_buffer_memory()
 
     def _check_unsupported(self) -> None:
         """axs parameters whose other values this version cannot honour yet: say so, never ignore them."""
@@ -57,6 +70,19 @@ class BenchmarkParams:
         if self.loadgen_compliance_test is not None:
             raise ValueError(f"loadgen_compliance_test={self.loadgen_compliance_test!r}: compliance tests are "
                              "not supported yet; leave it unset")
+
+    def _check_buffer_memory(self) -> None:
+        """The samples LoadGen keeps loaded (float32 model inputs) must fit in part of the machine's RAM."""
+        ram = physical_memory()
+        side = self.spec.resolution
+        sample = 3 * side * side * 4
+        count = self.loadgen_config.performance_count(self.loadgen_dataset_size)
+        allowed = int(ram * BUFFER_RAM_SHARE) // sample if ram else count
+        if count > allowed:
+            raise bounds.ParameterRangeError(
+                f"loadgen_buffer_size={self.loadgen_buffer_size} keeps {count} samples of {sample / 1e6:.1f} MB "
+                f"({count * sample / 1e9:.1f} GB) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
+                f"{ram / 1e9:.1f} GB of memory: use loadgen_buffer_size={max(1, allowed)} or less")
 
     @property
     def spec(self) -> ModelSpec:
@@ -74,3 +100,11 @@ class BenchmarkParams:
             min_duration_s=self.loadgen_min_duration_s,
             max_duration_s=self.loadgen_max_duration_s,
         )
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes; 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -19,6 +19,8 @@ def redact_url(url: str | None) -> str | None:
     except ValueError:
         return REDACTED
     netloc = parts.netloc
+    if "@" not in netloc and not (parts.query and any(_redact_pair(p) != p for p in parts.query.split("&"))):
+        return url  # nothing secret: unchanged (urlunsplit would also normalise `memory:///x` away)
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&")) if parts.query else ""

@@ -1,10 +1,16 @@
-"""Human-readable views of a result: the terminal summary, the markdown report, the metrics table."""
+"""Human-readable views of a result: the terminal summary, the markdown report, the metrics table.
+
+Every cell of the markdown report that comes from data (names, sources, folders, problems, notes) is
+escaped, so a dataset or model name cannot inject markup; URLs are shown with credentials redacted.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from odbench.benchmark import BenchmarkResult
+from odbench.redact import redact_text
+from odbench.trend import escape_markdown
 
 STAND_IN_NOTE = "stand-in model (random weights, the real I/O contract): its numbers are not the real model's"
 
@@ -22,12 +28,18 @@ def _latency_ms(result: BenchmarkResult, key: str) -> float | None:
     return None if value is None else value / 1e6
 
 
+def problems_text(result: BenchmarkResult) -> str:
+    """`non_finite: 3, too_many_detections: 199700`, or `none`."""
+    problems = result.output_problems
+    return ", ".join(f"{name}: {count}" for name, count in problems.items()) or "none"
+
+
 def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
     """The headline metrics as table rows of JSON types (Prefect table artifacts need that)."""
     rows: list[tuple[str, Any]] = [
         ("model", model_label(result.model_name, result.stand_in)),
         ("stand_in", result.stand_in),
-        ("dataset", result.dataset),
+        ("dataset", redact_text(result.dataset)),
         ("dataset_size", result.dataset_size),
         ("scenario", result.scenario),
         ("mode", result.mode),
@@ -37,23 +49,25 @@ def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
         ("samples_per_second_source", result.samples_per_second_source),
         ("result_validity", result.validity),
         *((f"latency_{k}_ms", _latency_ms(result, k)) for k in ("p50", "p90", "p99")),
-        ("run_dir", result.run_dir),
+        ("output_problems", problems_text(result)),
+        ("run_dir", redact_text(result.run_dir)),
     ]
     return [{"metric": name, "value": value} for name, value in rows]
 
 
 def summary_markdown(result: BenchmarkResult) -> str:
-    """The run's report for the Prefect UI."""
+    """The run's report for the Prefect UI; every data-derived cell escaped."""
     lines = [
-        f"# detect: {model_label(result.model_name, result.stand_in)}",
+        f"# detect: {escape_markdown(model_label(result.model_name, result.stand_in))}",
         "",
-        f"> **{STAND_IN_NOTE}**" if result.stand_in else f"Model file md5 `{result.model_md5}`.",
+        f"> **{STAND_IN_NOTE}**" if result.stand_in else f"Model file md5 {escape_markdown(result.model_md5)}.",
+        *(line for note in result.notes for line in ("", f"> **Note:** {escape_markdown(note)}")),
         "",
         "| | |",
         "|---|---|",
-        *(f"| {row['metric']} | {_cell(row['value'])} |" for row in metrics_rows(result)),
+        *(f"| {escape_markdown(row['metric'])} | {_cell(row['value'])} |" for row in metrics_rows(result)),
         "",
-        f"LoadGen logs, user.conf and result.json: `{result.run_dir}`",
+        f"LoadGen logs, user.conf and result.json: {escape_markdown(redact_text(result.run_dir))}",
     ]
     return "\n".join(lines)
 
@@ -61,14 +75,15 @@ def summary_markdown(result: BenchmarkResult) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    return "n/a" if value is None else str(value)
+    return "n/a" if value is None else escape_markdown(value)
 
 
 def terminal_summary(result: BenchmarkResult) -> str:
     """A few lines for the terminal."""
     lines = [
-        f"model        {model_label(result.model_name, result.stand_in)}" + ("  <- " + STAND_IN_NOTE if result.stand_in else ""),
-        f"dataset      {result.dataset} (first {result.dataset_size} images)",
+        f"model        {model_label(result.model_name, result.stand_in)}"
+        + ("  <- " + STAND_IN_NOTE if result.stand_in else ""),
+        f"dataset      {redact_text(result.dataset)} (first {result.dataset_size} images)",
         f"loadgen      {result.scenario} / {result.mode}, providers {', '.join(result.providers)}",
         f"mAP          {_fmt(result.mAP, '%')}",
         f"samples/s    {_fmt(result.samples_per_second)}"
@@ -76,5 +91,8 @@ def terminal_summary(result: BenchmarkResult) -> str:
     ]
     if result.validity:
         lines.append(f"result       {result.validity}; p90 latency {_fmt(_latency_ms(result, 'p90'), ' ms')}")
-    lines.append(f"logs         {result.run_dir}")
+    if result.output_problems:
+        lines.append(f"outputs      detections dropped: {problems_text(result)}")
+    lines += [f"note         {note}" for note in result.notes]
+    lines.append(f"logs         {redact_text(result.run_dir)}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import cv2
 import numpy as np
 
 from odbench.coco import COCO_CATEGORIES, CocoCategory
+from odbench.limits import Limits
+from odbench.storage import STALE_TEMPORARY_S
 
 GENERATOR_VERSION = 1  # bump whenever the output bytes change, so stale datasets are rebuilt
 MARKER_NAME = ".synthetic.json"
@@ -104,14 +107,20 @@ class _Object:
 
 
 def generate_dataset(dest: str | Path, num_images: int = 40, seed: int = 0) -> Path:
-    """Write (or reuse) the synthetic dataset at dest; atomic, so dest is never half-written."""
+    """Write (or reuse) the synthetic dataset at dest; atomic, so dest is never half-written.
+
+    `num_images` above `Limits.max_synthetic_images` (ODBENCH_MAX_SYNTHETIC_IMAGES) is refused before
+    anything is written; temporary folders of an interrupted earlier call (`.<dest>.tmp-*`,
+    `.<dest>.old-*`) untouched for an hour are removed first."""
     dest = Path(dest)
     if num_images < 1 or seed < 0:
         raise ValueError(f"need num_images >= 1 and seed >= 0, got {num_images}, {seed}")
+    Limits.from_env().check("max_synthetic_images", num_images, f"synthetic dataset at {dest}")
     if _is_complete(dest, num_images, seed):
         return dest
     _check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(dest)
     tmp = _sibling(dest, "tmp")
     tmp.mkdir()
     try:
@@ -154,6 +163,20 @@ def _check_replaceable(dest: Path) -> None:
 def _sibling(path: Path, tag: str) -> Path:
     """A unique hidden path next to path, on the same file system so renames are atomic."""
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove_stale_siblings(dest: Path, older_than_s: float = STALE_TEMPORARY_S) -> None:
+    """Remove the temporary folders of interrupted generations of dest that nothing has written to
+    for `older_than_s` (a live generator adds a file every few milliseconds)."""
+    cutoff = time.time() - older_than_s
+    for folder in [*dest.parent.glob(f".{dest.name}.tmp-*"), *dest.parent.glob(f".{dest.name}.old-*")]:
+        try:
+            newest = max(p.stat().st_mtime for p in (folder, folder / IMAGES_DIR, folder / "annotations")
+                         if p.exists())
+        except (OSError, ValueError):
+            continue
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _swap_into_place(tmp: Path, dest: Path, num_images: int, seed: int) -> None:

@@ -13,7 +13,9 @@ from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest, DatasetSource
 from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
 from odbench.progress import LogProgress
+from odbench.redact import redact_text, redact_url
 from odbench.storage import Storage
+from tasks.serializer import DataSerializer
 
 
 def _download_key(_: TaskRunContext, p: dict) -> str:
@@ -36,17 +38,20 @@ class _Progress(LogProgress):
         update_progress_artifact(self.artifact, percent)
 
 
-@task(name="download", cache_policy=CachePolicy.from_cache_key_fn(_download_key), persist_result=True)
+@task(name="download", cache_policy=CachePolicy.from_cache_key_fn(_download_key), persist_result=True,
+      result_serializer=DataSerializer())
 def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str, storage: Storage) -> DatasetManifest:
     """The annotation file and the first N images of the source, verified, in storage.
 
     `fingerprint` is `odbench.dataset.fingerprint(source, dataset_size)`, computed by the caller so
     that a failure to reach the source is an error of the flow, not a silently skipped cache key."""
-    get_run_logger().info("fetching the first %d images of %s into %s", dataset_size, source.describe(), storage.uri())
+    get_run_logger().info("fetching the first %d images of %s into %s", dataset_size, redact_text(source.describe()),
+                          redact_url(storage.uri()))
     return dataset.ingest(source, dataset_size, storage, _Progress(f"download {dataset_size} images"))
 
 
-@task(name="preprocess", cache_policy=CachePolicy.from_cache_key_fn(_preprocess_key), persist_result=True)
+@task(name="preprocess", cache_policy=CachePolicy.from_cache_key_fn(_preprocess_key), persist_result=True,
+      result_serializer=DataSerializer())
 def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Storage) -> PreprocessedSet:
     """Every image of the manifest as uint8 RGB at resolution x resolution, in storage."""
     done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px"))

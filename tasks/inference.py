@@ -1,8 +1,12 @@
 """The LoadGen run as a task: cached in AccuracyOnly (same model, data and settings give the same
 detections), never in PerformanceOnly (a timing is a measurement, not a function of its inputs).
-It runs while holding the machine's accelerator slot (tasks/accelerator.py)."""
+It runs while holding the machine's accelerator slot (tasks/accelerator.py). A cached result is
+re-described for the run that reuses it (`for_this_run`), never passed off as that run's own."""
 
 from __future__ import annotations
+
+import dataclasses
+import datetime as dt
 
 import onnxruntime
 from prefect import task
@@ -19,8 +23,10 @@ from odbench.machine import accelerator
 from odbench.model_store import StoredModel
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
+from odbench.redact import redact_text, redact_url
 from odbench.storage import Storage
 from tasks.accelerator import exclusive_accelerator
+from tasks.serializer import DataSerializer
 
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:
@@ -29,7 +35,7 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
         return None
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
                      p["manifest"].digest, PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
-                     params.execution_device.lower(), params.cpu_threads, _engine())
+                     params.execution_device.lower(), params.cpu_threads, params.tolerate_bad_outputs, _engine())
 
 
 def _engine() -> tuple:
@@ -39,7 +45,8 @@ def _engine() -> tuple:
     return onnxruntime.__version__, tuple(onnxruntime.get_available_providers()), gpu and (gpu.name, gpu.driver)
 
 
-@task(name="inference", cache_policy=CachePolicy.from_cache_key_fn(_inference_key), persist_result=True)
+@task(name="inference", cache_policy=CachePolicy.from_cache_key_fn(_inference_key), persist_result=True,
+      result_serializer=DataSerializer())
 def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
                   storage: Storage) -> BenchmarkResult:
     """LoadGen over the preprocessed samples; logs and result.json land in the run's folder."""
@@ -50,3 +57,16 @@ def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: Sto
         result = benchmark.run_inference(params, manifest, model, storage)
     logger.info("mAP %s, samples/s %s, providers %s", result.mAP, result.samples_per_second, result.providers)
     return result
+
+
+def for_this_run(result: BenchmarkResult, dataset: str, model_source: str, reused: bool) -> BenchmarkResult:
+    """The result as the run that asked for it: its dataset and model source (credentials redacted). A
+    reused result (inference Cached) also gets this run's start time, names the run folder whose
+    detections it reuses (`reused_from`; `run_dir` stays that folder, the evidence) and says so in a note."""
+    changes: dict = {"dataset": redact_text(dataset), "model_source": redact_url(model_source)}
+    if reused:
+        note = (f"detections reused from the earlier run {result.run_dir} (a cached {result.mode} result: "
+                "the same model, images, settings and engine); not measured again by this run")
+        changes |= {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                    "reused_from": result.run_dir, "notes": [*result.notes, note]}
+    return dataclasses.replace(result, **changes)

@@ -11,14 +11,17 @@ from odbench import model_store
 from odbench.cache_keys import cache_key
 from odbench.model_store import StoredModel
 from odbench.models import ModelSpec
+from odbench.redact import redact_url
 from odbench.storage import Storage
+from tasks.serializer import DataSerializer
 
 
 def _model_key(_: TaskRunContext, p: dict) -> str:
     return cache_key("model", (p["spec"].name,), p["storage"].url, p["spec"].name, p["fingerprint"])
 
 
-@task(name="fetch-model", cache_policy=CachePolicy.from_cache_key_fn(_model_key), persist_result=True)
+@task(name="fetch-model", cache_policy=CachePolicy.from_cache_key_fn(_model_key), persist_result=True,
+      result_serializer=DataSerializer())
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, fingerprint: str,
                 storage: Storage) -> StoredModel:
     """The model file (registry URL, any URL, or the stand-in), validated, in storage.
@@ -26,5 +29,5 @@ def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, f
     `fingerprint` is `odbench.model_store.fingerprint(...)`, computed by the caller (see download)."""
     model = model_store.fetch_model(spec, model_url, model_md5, storage)
     kind = "STAND-IN " if model.stand_in else ""
-    get_run_logger().info("%smodel %s md5 %s at %s", kind, spec.name, model.md5, storage.uri(model.rel))
+    get_run_logger().info("%smodel %s md5 %s at %s", kind, spec.name, model.md5, redact_url(storage.uri(model.rel)))
     return model

@@ -256,6 +256,6 @@ def test_sweep_over_two_workers_preprocesses_each_sample_once(stack, synthetic_d
     assert states == ["Cached", "Cached", "Cached", "Completed"], states  # one run preprocessed, three reused
     ran = {i: _ran_by(Path(stack.logs[f"worker-sweep-{i}"])) & {str(r.id) for r in runs} for i in (1, 2)}
     assert ran[1] and ran[2] and not ran[1] & ran[2], ran  # each worker ran at least one, none ran one twice
-    samples = sorted((root / "preprocessed").rglob("*.npy"))
+    samples = sorted((root / "preprocessed").rglob("*.sample"))
     assert len(samples) == 8 and len({p.name for p in samples}) == 8, samples
     assert not list(root.rglob(".*partial*")), "a temporary file was left behind"
