@@ -159,7 +159,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     run_loadgen(sut, config, spec.loadgen_model, log_dir)
     notes += _output_verdict(sut.outputs, spec, params.tolerate_bad_outputs)
     summary = summarize(log_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
-    accuracy = _accuracy(log_dir, annotations, len(images)) if config.mode == "AccuracyOnly" else None
+    accuracy = _accuracy(log_dir, annotations, len(images), spec) if config.mode == "AccuracyOnly" else None
     throughput, source = _throughput(summary, sut)
     metric, value = summary.performance
     return BenchmarkResult(
@@ -197,11 +197,11 @@ def _output_verdict(outputs: OutputTally, spec: ModelSpec, tolerate: bool) -> li
     return [note]
 
 
-def _accuracy(log_dir: Path, annotations: dict, expected: int) -> AccuracyResult:
+def _accuracy(log_dir: Path, annotations: dict, expected: int, spec: ModelSpec) -> AccuracyResult:
     decoded = decode_accuracy_log(log_dir / "mlperf_log_accuracy.json")
     if len(decoded) != expected:
         raise RuntimeError(f"the accuracy log covers {len(decoded)} of {expected} samples")
-    return evaluate(decoded, annotations)
+    return evaluate(decoded, annotations, use_inv_map=spec.uses_inverse_map)
 
 
 def _throughput(summary: LoadGenSummary, sut: DetectionSUT) -> tuple[float | None, str | None]:

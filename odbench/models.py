@@ -16,10 +16,10 @@ Dim = int | None  # None: a dynamic (symbolic) dimension
 
 
 class LabelSpace(enum.Enum):
-    """How a model numbers its classes, and so how labels become COCO category ids."""
+    """How a model numbers its classes, and so how its logged labels become COCO category ids."""
 
-    COCO_CONTIGUOUS = "coco_contiguous"  # 1..80, mapped through [0] + sorted(category ids)
-    COCO_IDS = "coco_ids"  # labels already are COCO category ids (1..90)
+    COCO_CONTIGUOUS = "coco_contiguous"  # 1..80, logged as such, scored through the inverse map
+    COCO_IDS = "coco_ids"  # labels already are COCO category ids (1..90), logged and scored as such
     OPENIMAGES = "openimages"  # 0..263 OpenImages classes: meaningless on COCO
 
 
@@ -57,6 +57,13 @@ class ModelSpec:
     @property
     def file_name(self) -> str:
         return Path(self.url).name
+
+    @property
+    def uses_inverse_map(self) -> bool:
+        """Whether the accuracy log holds the model's contiguous labels, which MLPerf's reference
+        scores through the inverse map `[0] + the annotation file's category ids` (accuracy-coco.py
+        --use-inv-map); otherwise the logged label is the category id itself (docs/design.md, Accuracy)."""
+        return self.label_space is LabelSpace.COCO_CONTIGUOUS
 
 
 _SSD = ModelSpec(

@@ -1,7 +1,7 @@
 """A model's raw outputs checked per sample, before they are encoded and scored.
 
 A broken or hostile model can answer with NaN or infinite boxes and scores, boxes a trillion pixels
-away, labels outside its label space (SSD's -1 would index COCO's id table from the end) or far more
+away, labels outside its label space (SSD's -1 would index the inverse map from the end) or far more
 detections than its spec allows. pycocotools scores all of that without a word, so the SUT runs this
 check on every sample (vectorised numpy, microseconds for a few hundred detections): each offending
 detection is dropped, counted under one problem (the first that applies, in `PROBLEMS` order), and the

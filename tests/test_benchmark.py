@@ -116,13 +116,17 @@ def test_official_settings_apply_on_every_run_in_a_process(synthetic_dir, shared
         assert result.loadgen_errors == []
 
 
-def test_ssd_labels_map_through_cocos_80_ids():
-    from odbench.accuracy import encode_detections
+def test_ssd_logs_its_contiguous_labels_and_the_inverse_map_makes_them_cocos_ids(synthetic_dir):
+    from odbench.accuracy import encode_detections, inverse_map
 
     rows = encode_detections(7, np.asarray([[0.1, 0.2, 0.3, 0.4]] * 3), np.asarray([0.9, 0.8, 0.7]),
                              np.asarray([1, 12, 80]), get_spec("ssd_resnet34"))
-    assert rows[:, 6].tolist() == [1, 13, 90]  # person, stop sign (id 12 is unused), toothbrush
+    assert rows[:, 6].tolist() == [1, 12, 80]  # the model's labels, as MLPerf's reference logs them
     assert rows[0, :6].tolist() == pytest.approx([7, 0.2, 0.1, 0.4, 0.3, 0.9])
+    annotations = json.loads((synthetic_dir / "annotations/instances_val2017.json").read_text())
+    inv_map = inverse_map(annotations)  # accuracy-coco.py --use-inv-map: [0] + cocoGt.getCatIds()
+    assert [inv_map[int(label)] for label in rows[:, 6]] == [1, 13, 90]  # person, stop sign (12 unused), toothbrush
+    assert get_spec("ssd_resnet34").uses_inverse_map and not get_spec("retinanet_coco").uses_inverse_map
 
 
 def test_dataset_too_small_names_both_numbers(synthetic_dir, storage):

@@ -20,12 +20,14 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
-    """REFERENCE.md section 4, written out again here: decode, skip repeats, pixels, COCOeval."""
+def _independent_map(accuracy_log: Path, annotation_file: Path, use_inv_map: bool) -> float:
+    """MLPerf's accuracy-coco.py, written out again here: decode, skip repeats, the label through
+    `[0] + cocoGt.getCatIds()` with --use-inv-map (SSD's convention), pixels, COCOeval."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt = COCO(str(annotation_file))
+    inv_map = [0, *gt.getCatIds()]
     images = gt.dataset["images"]
     seen, detections, image_ids = set(), [], []
     for entry in json.loads(accuracy_log.read_text()):
@@ -39,7 +41,8 @@ def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
             idx, ymin, xmin, ymax, xmax, score, label = (float(v) for v in data[i:i + 7])
             assert int(idx) == entry["qsl_idx"]
             w, h = image["width"], image["height"]
-            detections.append({"image_id": image["id"], "category_id": int(label), "score": score,
+            detections.append({"image_id": image["id"], "score": score,
+                               "category_id": inv_map[int(label)] if use_inv_map else int(label),
                                "bbox": [xmin * w, ymin * h, (xmax - xmin) * w, (ymax - ymin) * h]})
     evaluator = COCOeval(gt, gt.loadRes(detections), iouType="bbox")
     evaluator.params.imgIds = image_ids
@@ -50,14 +53,13 @@ def _independent_map(accuracy_log: Path, annotation_file: Path) -> float:
 
 
 def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_dir: Path, images: list[dict]):
-    """Preprocess each image and encode the stand-in's outputs as REFERENCE.md sections 3-4 say,
-    independently of odbench, and compare with the accuracy log's rows."""
+    """Preprocess each image and encode the stand-in's outputs as MLPerf's reference does for
+    ssd-resnet34 (PostProcessCocoOnnx: the model's own labels 1..80 as floats), independently of
+    odbench, and compare with the accuracy log's rows."""
     import cv2
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    coco_ids = [0, *sorted(c["id"] for c in json.loads((coco_dir / "annotations/instances_val2017.json")
-                                                       .read_text())["categories"])]
     logged = {e["qsl_idx"]: np.frombuffer(bytes.fromhex(e["data"]), np.float32).reshape(-1, 7)
               for e in json.loads(accuracy_log.read_text())}
     for idx, image in enumerate(images):
@@ -65,8 +67,9 @@ def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_
         x = cv2.resize(rgb, (1200, 1200), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
         x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
         bboxes, labels, scores = session.run(["bboxes", "labels", "scores"], {"image": x.transpose(2, 0, 1)[None]})
+        assert labels[0].min() >= 1 and labels[0].max() <= 80  # contiguous: what --use-inv-map expects
         expected = np.column_stack([np.full(len(scores[0]), idx), bboxes[0][:, [1, 0, 3, 2]], scores[0],
-                                    np.asarray(coco_ids, np.float32)[labels[0]]])
+                                    labels[0].astype(np.float32)])
         assert logged[idx].shape == expected.shape and len(expected) > 0
         np.testing.assert_allclose(logged[idx], expected, atol=1e-4)
 
@@ -83,7 +86,8 @@ def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, co
     assert result["stand_in"] is True and result["dataset_size"] == 20
     run_dir = Path(result["run_dir"].removeprefix("file://"))
     annotation_file = coco_dir / "annotations/instances_val2017.json"
-    independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file)
+    independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file,
+                                             use_inv_map=True)  # ssd_resnet34
     assert independent == result["mAP"]
     first_20 = json.loads(annotation_file.read_text())["images"][:20]
     assert sorted(image_ids) == sorted(im["id"] for im in first_20)

@@ -115,7 +115,7 @@ def test_tolerated_bad_outputs_are_dropped_counted_and_never_remapped(tmp_path, 
     assert json.loads((run_dir / "result.json").read_text())["output_problems"] == expected
     decoded = decode_accuracy_log(run_dir / "mlperf_log_accuracy.json")
     assert sorted(decoded) == list(range(N))
-    for rows in decoded.values():  # only the good detection, label 1 as COCO id 1: never -1 read as id 90
+    for rows in decoded.values():  # only the good detection, label 1 (person in both label spaces): never -1 read from the map's end
         assert rows.shape == (1, 7) and rows[0, 6] == 1 and np.isfinite(rows).all()
     assert "detections dropped: non_finite: 12" in terminal_summary(result)
     assert "label\\_outside\\_label\\_space: 8" in summary_markdown(result)
