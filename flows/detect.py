@@ -71,6 +71,10 @@ def detect(
     loadgen_count_override: int | None = D.loadgen_count_override,
     loadgen_min_duration_s: float | None = D.loadgen_min_duration_s,
     loadgen_max_duration_s: float | None = D.loadgen_max_duration_s,
+    loadgen_query_count: int | None = D.loadgen_query_count,
+    loadgen_min_query_count: int | None = D.loadgen_min_query_count,
+    loadgen_max_query_count: int | None = D.loadgen_max_query_count,
+    loadgen_duration_s: float | None = D.loadgen_duration_s,
     loadgen_multistreamness: int | None = D.loadgen_multistreamness,
     loadgen_compliance_test: str | None = D.loadgen_compliance_test,
     execution_device: ExecutionDevice = D.execution_device,
@@ -100,6 +104,12 @@ def detect(
         loadgen_count_override: Exactly this many queries (and no minimum duration): a short timed run.
         loadgen_min_duration_s: Minimum duration of a timed run in seconds (official: 600).
         loadgen_max_duration_s: Maximum duration of a timed run in seconds.
+        loadgen_query_count: The axs name of loadgen_count_override (an alias): exactly this many queries.
+        loadgen_min_query_count: LoadGen's min_query_count, the fewest queries of a timed run; no alias of ours
+            (loadgen_count_override sets both this and the maximum).
+        loadgen_max_query_count: LoadGen's max_query_count, the most queries of a timed run (0: no maximum); no
+            alias of ours (loadgen_count_override sets both this and the minimum).
+        loadgen_duration_s: The axs name of loadgen_min_duration_s (an alias): minimum duration in seconds.
         loadgen_multistreamness: MultiStream samples per query; not supported yet, leave unset.
         loadgen_compliance_test: MLPerf compliance test (TEST01, TEST04); not supported yet, leave unset.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,

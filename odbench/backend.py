@@ -83,6 +83,7 @@ class OnnxBackend:
         self.providers = self.session.get_providers()
         self._check_provider(execution_device, wanted)
         self.spec = spec
+        # outputs are asked for by name: a graph that lists them in another order answers the same
         self._outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
 
     def _check_provider(self, execution_device: str, wanted: list[str]) -> None:
@@ -99,5 +100,5 @@ class OnnxBackend:
             f"install {PROVIDER_LIBRARIES[wanted[0]]}, or use execution_device=auto or cpu")
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, labels = self.session.run(self._outputs, {self.spec.input.name: x})
+        boxes, scores, labels = self.session.run(self._outputs, {self.spec.input.name: x})  # in self._outputs' order
         return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

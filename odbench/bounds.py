@@ -14,7 +14,11 @@ LoadGen will generate) a ceiling; an error names the parameter, its value and th
 | loadgen_target_qps | positive, at most 1,000,000 samples/s | LoadGen plans target × duration samples |
 | loadgen_target_latency | 0.01 to 3,600,000 ms | LoadGen plans duration / latency queries |
 | loadgen_count_override | whole number 1 to 10,000,000 | LoadGen allocates them all up front |
+| loadgen_query_count | as loadgen_count_override (its alias, the axs name) | |
+| loadgen_min_query_count | whole number 1 to 10,000,000 | LoadGen allocates them all up front |
+| loadgen_max_query_count | whole number 0 to 10,000,000 | 0: no maximum |
 | loadgen_min_duration_s, loadgen_max_duration_s | 0 to 86,400 s (a day) | 0 max: no maximum |
+| loadgen_duration_s | as loadgen_min_duration_s (its alias, the axs name) | |
 | cpu_threads | whole number 0 (onnxruntime's default) to the machine's CPU count | one thread each |
 | (derived) samples LoadGen generates in PerformanceOnly | at most 10,000,000 | see `planned_samples` |
 
@@ -98,6 +102,11 @@ def bounds() -> dict[str, Bound]:
         "loadgen_count_override": Bound(1, MAX_LOADGEN_SAMPLES, integer=True, unit=" queries"),
         "loadgen_min_duration_s": Bound(0, 86_400, unit=" s"),
         "loadgen_max_duration_s": Bound(0, 86_400, unit=" s"),
+        # the axs names: loadgen_query_count aliases loadgen_count_override, loadgen_duration_s loadgen_min_duration_s
+        "loadgen_query_count": Bound(1, MAX_LOADGEN_SAMPLES, integer=True, unit=" queries"),
+        "loadgen_min_query_count": Bound(1, MAX_LOADGEN_SAMPLES, integer=True, unit=" queries"),
+        "loadgen_max_query_count": Bound(0, MAX_LOADGEN_SAMPLES, integer=True, unit=" queries"),
+        "loadgen_duration_s": Bound(0, 86_400, unit=" s"),
         "cpu_threads": Bound(0, max_cpu_threads(), integer=True, high_note=cpu_note),
     }
 

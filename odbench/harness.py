@@ -44,6 +44,8 @@ PARAMETER_NAMES = {
     "count_override": "loadgen_count_override",
     "min_duration_s": "loadgen_min_duration_s",
     "max_duration_s": "loadgen_max_duration_s",
+    "min_query_count": "loadgen_min_query_count",
+    "max_query_count": "loadgen_max_query_count",
 }
 # mlperf.conf's values where the user sets none (its `*.*` lines; retinanet adds a min query count)
 OFFICIAL_MIN_DURATION_S = 600.0
@@ -65,6 +67,8 @@ class LoadGenConfig:
     count_override: int | None = None
     min_duration_s: float | None = None
     max_duration_s: float | None = None
+    min_query_count: int | None = None  # LoadGen's min_query_count (count_override sets it and max_query_count)
+    max_query_count: int | None = None  # LoadGen's max_query_count; 0: no maximum
 
     def __post_init__(self) -> None:
         """Fail on values LoadGen would abort on, or plan too much memory for (odbench/bounds.py)."""
@@ -79,13 +83,22 @@ class LoadGenConfig:
         if self.min_duration_s and self.max_duration_s and self.min_duration_s > self.max_duration_s:
             raise ValueError(f"loadgen_min_duration_s ({self.min_duration_s}) is above loadgen_max_duration_s "
                              f"({self.max_duration_s})")
+        if self.min_query_count and self.max_query_count and self.min_query_count > self.max_query_count:
+            raise ValueError(f"loadgen_min_query_count ({self.min_query_count}) is above loadgen_max_query_count "
+                             f"({self.max_query_count})")
+        for name in ("min_query_count", "max_query_count"):
+            value = getattr(self, name)
+            if self.count_override is not None and value is not None and value != self.count_override:
+                raise ValueError(f"{PARAMETER_NAMES[name]}={value} contradicts loadgen_count_override="
+                                 f"{self.count_override} (or its alias loadgen_query_count), which sets both the "
+                                 "minimum and the maximum query count: give one of them")
         if self.mode == "PerformanceOnly":
             self._check_planned_samples()
 
     def planned_samples(self) -> tuple[float, str, str]:
         """About how many samples LoadGen generates for a PerformanceOnly test (it allocates them all
         before the first query), the product that gives them, and how to lower it, in words."""
-        count = self.count_override or 0
+        count = max(self.count_override or 0, self.min_query_count or 0)
         duration = (self.min_duration_s if self.min_duration_s is not None
                     else 0.0 if self.count_override else OFFICIAL_MIN_DURATION_S)
         dur = f"loadgen_min_duration_s {duration:g} s" + ("" if self.min_duration_s is not None else " (official)")
@@ -121,6 +134,10 @@ class LoadGenConfig:
         if self.count_override is not None:  # exactly this many queries, however long they take
             lines["min_query_count"] = lines["max_query_count"] = self.count_override
             lines["min_duration"] = 0
+        if self.min_query_count is not None:
+            lines["min_query_count"] = self.min_query_count
+        if self.max_query_count is not None:
+            lines["max_query_count"] = self.max_query_count
         if self.min_duration_s is not None:
             lines["min_duration"] = round(self.min_duration_s * 1000)
         if self.max_duration_s is not None:

@@ -44,7 +44,7 @@ class ModelSpec:
     boxes: TensorSpec  # x1, y1, x2, y2
     scores: TensorSpec
     labels: TensorSpec
-    output_order: tuple[str, ...]  # output names in graph order
+    output_order: tuple[str, ...]  # output names in the official file's graph order (read by name: any order is valid)
     box_scale: float  # boxes are divided by this to become 0..1 (1.0: already normalized)
     label_space: LabelSpace
     num_classes: int  # classes the head scores (background excluded)

@@ -16,6 +16,8 @@ from odbench.harness import LoadGenConfig, Mode, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
 
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
+# the names the current axs workflow uses -> the parameter each is another name for
+ALIASES = {"loadgen_query_count": "loadgen_count_override", "loadgen_duration_s": "loadgen_min_duration_s"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class BenchmarkParams:
     loadgen_count_override: int | None = None
     loadgen_min_duration_s: float | None = None
     loadgen_max_duration_s: float | None = None
+    loadgen_query_count: int | None = None  # axs's name of loadgen_count_override (exactly this many queries)
+    loadgen_min_query_count: int | None = None  # LoadGen's min_query_count
+    loadgen_max_query_count: int | None = None  # LoadGen's max_query_count (0: no maximum)
+    loadgen_duration_s: float | None = None  # axs's name of loadgen_min_duration_s
     loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
     loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
@@ -46,8 +52,9 @@ class BenchmarkParams:
         """Fail on bad values before anything is downloaded."""
         self.spec  # unknown model names list the known ones
         table = bounds.bounds()
-        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads"):
+        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", *ALIASES):
             bounds.check(name, getattr(self, name), table[name])
+        self._check_aliases()
         self.loadgen_config  # scenario, mode, targets, counts and durations
         self._check_unsupported()
         if self.execution_device.lower() not in DEVICES:
@@ -56,6 +63,21 @@ class BenchmarkParams:
         if not isinstance(self.tolerate_bad_outputs, bool):
             raise ValueError(f"tolerate_bad_outputs={self.tolerate_bad_outputs!r} is not a boolean: use true or false")
         self._check_buffer_memory()
+
+    def _check_aliases(self) -> None:
+        """An alias and the parameter it aliases may both be given only with the same value."""
+        for alias, ours in ALIASES.items():
+            given, other = getattr(self, alias), getattr(self, ours)
+            if given is not None and other is not None and given != other:
+                raise ValueError(f"{alias}={given!r} and {ours}={other!r} differ: {alias} is another name for "
+                                 f"{ours}; give one of them")
+
+    def _aliased(self, ours: str) -> object:
+        """The value of one of our parameters, given under its own name or its axs alias."""
+        value = getattr(self, ours)
+        if value is None:
+            value = next(getattr(self, a) for a, o in ALIASES.items() if o == ours)
+        return value
 
     def _check_unsupported(self) -> None:
         """axs parameters whose other values this version cannot honour yet: say so, never ignore them."""
@@ -96,9 +118,11 @@ class BenchmarkParams:
             buffer_size=self.loadgen_buffer_size,
             target_qps=self.loadgen_target_qps,
             target_latency_ms=self.loadgen_target_latency,
-            count_override=self.loadgen_count_override,
-            min_duration_s=self.loadgen_min_duration_s,
+            count_override=self._aliased("loadgen_count_override"),
+            min_duration_s=self._aliased("loadgen_min_duration_s"),
             max_duration_s=self.loadgen_max_duration_s,
+            min_query_count=self.loadgen_min_query_count,
+            max_query_count=self.loadgen_max_query_count,
         )
 
 

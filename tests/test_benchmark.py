@@ -184,3 +184,77 @@ def test_a_sample_that_fails_to_load_fails_the_run_without_killing_the_process(t
     sut = DetectionSUT(OnnxBackend(build_standin(spec), spec, "cpu"), SampleLibrary(4, load), spec)
     with pytest.raises(RuntimeError, match="1 sample\\(s\\) failed to load; first: preprocessed sample 2 is gone"):
         run_loadgen(sut, LoadGenConfig("Offline", "AccuracyOnly"), spec.loadgen_model, tmp_path / "logs")
+
+
+# the axs names: each gives LoadGen the same settings as the parameter it aliases
+ALIAS_CASES = [
+    (dict(loadgen_query_count=8), dict(loadgen_count_override=8)),
+    (dict(loadgen_duration_s=0.1, loadgen_max_query_count=8),
+     dict(loadgen_min_duration_s=0.1, loadgen_max_query_count=8)),
+    # LoadGen's min and max query count, given separately: together they say what loadgen_count_override says
+    (dict(loadgen_min_query_count=8, loadgen_max_query_count=8, loadgen_duration_s=0), dict(loadgen_count_override=8)),
+]
+
+
+@pytest.mark.parametrize("alias, ours", ALIAS_CASES, ids=["query_count", "duration_s", "min_max_query_count"])
+def test_axs_aliases_give_the_same_effective_settings(synthetic_dir, shared_storage, alias, ours):
+    common = dict(model_name="retinanet", loadgen_scenario="SingleStream", loadgen_mode="PerformanceOnly",
+                  loadgen_dataset_size=4)
+    by_alias = run_benchmark(_params(synthetic_dir, **common, **alias), shared_storage)
+    by_ours = run_benchmark(_params(synthetic_dir, **common, **ours), shared_storage)
+    assert by_alias.effective_settings == by_ours.effective_settings
+    settings = by_alias.effective_settings
+    assert settings["max_query_count"] == 8 and summarize(
+        Path(shared_storage.path(f"runs/{by_alias.run_id}/mlperf_log_detail.txt")), "SingleStream",
+        "PerformanceOnly").query_count == 8
+    if "loadgen_duration_s" in alias and alias["loadgen_duration_s"]:
+        assert settings["min_duration_ms"] == 100
+    else:
+        assert settings["min_query_count"] == 8 and settings["min_duration_ms"] == 0
+
+
+def test_min_and_max_query_count_reach_loadgen_separately(synthetic_dir, shared_storage):
+    result = run_benchmark(_params(synthetic_dir, model_name="retinanet", loadgen_scenario="SingleStream",
+                                   loadgen_mode="PerformanceOnly", loadgen_dataset_size=4, loadgen_duration_s=0,
+                                   loadgen_min_query_count=6, loadgen_max_query_count=9), shared_storage)
+    conf = Path(shared_storage.path(f"runs/{result.run_id}/user.conf")).read_text()
+    assert "retinanet.SingleStream.min_query_count = 6" in conf and "retinanet.SingleStream.max_query_count = 9" in conf
+    assert result.effective_settings["min_query_count"] == 6 and result.effective_settings["max_query_count"] == 9
+
+
+@pytest.mark.parametrize("given, says", [
+    (dict(loadgen_query_count=8, loadgen_count_override=16),
+     "loadgen_query_count=8 and loadgen_count_override=16 differ: loadgen_query_count is another name for "
+     "loadgen_count_override"),
+    (dict(loadgen_duration_s=5, loadgen_min_duration_s=10),
+     "loadgen_duration_s=5 and loadgen_min_duration_s=10 differ: loadgen_duration_s is another name for "
+     "loadgen_min_duration_s"),
+    (dict(loadgen_min_query_count=10, loadgen_max_query_count=5), "loadgen_min_query_count (10) is above "
+                                                                  "loadgen_max_query_count (5)"),
+    (dict(loadgen_query_count=8, loadgen_max_query_count=9),
+     "loadgen_max_query_count=9 contradicts loadgen_count_override=8 (or its alias loadgen_query_count)"),
+    (dict(loadgen_query_count=0), "loadgen_query_count=0 is out of range"),
+    (dict(loadgen_duration_s=-1), "loadgen_duration_s=-1 is out of range"),
+])
+def test_an_alias_contradicting_its_parameter_is_an_error_naming_both(given, says):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(says)):
+        BenchmarkParams(**given)
+
+
+def test_the_same_value_under_both_names_is_accepted_and_the_command_line_has_the_aliases():
+    import argparse
+
+    from odbench.cli import add_param_arguments, params_from_args
+
+    same = BenchmarkParams(loadgen_query_count=8, loadgen_count_override=8, loadgen_duration_s=2,
+                           loadgen_min_duration_s=2.0)
+    assert same.loadgen_config == BenchmarkParams(loadgen_count_override=8, loadgen_min_duration_s=2).loadgen_config
+    parser = argparse.ArgumentParser()
+    add_param_arguments(parser)
+    args = parser.parse_args(["--loadgen_query_count", "12", "--loadgen_duration_s", "1.5",
+                              "--loadgen_min_query_count", "12", "--loadgen_max_query_count", "12"])
+    config = BenchmarkParams(**params_from_args(args)).loadgen_config
+    assert (config.count_override, config.min_duration_s, config.min_query_count, config.max_query_count) == (
+        12, 1.5, 12, 12)

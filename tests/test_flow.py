@@ -190,3 +190,25 @@ def test_a_cached_result_whose_files_are_gone_is_recomputed(prefect_api, tmp_pat
     assert states["download"] == states["fetch-model"] == "Cached"
     assert states["preprocess"] == states["inference"] == "Completed"
     assert again["mAP"] == first["mAP"] and again["run_id"] != first["run_id"]
+
+
+def test_flow_takes_the_axs_aliases_and_rejects_a_contradiction(prefect_api, tmp_path, synthetic_dir):
+    from flows.detect import detect
+
+    common = dict(model_name="retinanet", loadgen_dataset_size=4, model_url="standin", dataset_url=str(synthetic_dir),
+                  storage_url=str(tmp_path / "store"), loadgen_scenario="SingleStream", loadgen_mode="PerformanceOnly")
+    by_alias = detect(**common, loadgen_query_count=8)
+    by_ours = detect(**common, loadgen_count_override=8)
+    assert by_alias["effective_settings"] == by_ours["effective_settings"]
+    assert by_alias["effective_settings"]["max_query_count"] == 8
+    separate = detect(**common, loadgen_min_query_count=6, loadgen_max_query_count=9, loadgen_duration_s=0)
+    settings = separate["effective_settings"]
+    assert (settings["min_query_count"], settings["max_query_count"], settings["min_duration_ms"]) == (6, 9, 0)
+    with pytest.raises(ValueError, match="loadgen_duration_s=1.0 and loadgen_min_duration_s=2.0 differ"):
+        detect(**common, loadgen_duration_s=1.0, loadgen_min_duration_s=2.0)
+    described = detect.parameters.properties
+    for alias, ours in (("loadgen_query_count", "loadgen_count_override"),
+                        ("loadgen_duration_s", "loadgen_min_duration_s")):
+        assert ours in described[alias]["description"]
+    for name in ("loadgen_min_query_count", "loadgen_max_query_count"):
+        assert "LoadGen's " + name.removeprefix("loadgen_") in described[name]["description"]
