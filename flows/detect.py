@@ -77,6 +77,7 @@ def detect(
     loadgen_duration_s: float | None = D.loadgen_duration_s,
     loadgen_multistreamness: int | None = D.loadgen_multistreamness,
     loadgen_compliance_test: str | None = D.loadgen_compliance_test,
+    loadgen_warmup_samples: int = D.loadgen_warmup_samples,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -112,6 +113,9 @@ def detect(
         loadgen_duration_s: The axs name of loadgen_min_duration_s (an alias): minimum duration in seconds.
         loadgen_multistreamness: MultiStream samples per query; not supported yet, leave unset.
         loadgen_compliance_test: MLPerf compliance test (TEST01, TEST04); not supported yet, leave unset.
+        loadgen_warmup_samples: Untimed inferences on loaded samples before a PerformanceOnly test, so a short
+            run does not time cuDNN autotuning or an engine build (stops after 10 s); 0: none. The result
+            records the warm-up's samples and seconds.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
             tensorrt/trt. The result says which providers ran.
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.

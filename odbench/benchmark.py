@@ -23,7 +23,7 @@ from odbench import coco
 from odbench.accuracy import AccuracyResult, decode_accuracy_log, evaluate
 from odbench.backend import OnnxBackend
 from odbench.dataset import DatasetManifest, ingest, parse_dataset_url
-from odbench.harness import DetectionSUT, SampleLibrary, run_loadgen
+from odbench.harness import DetectionSUT, SampleLibrary, Warmup, run_loadgen, warm_up
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.models import LabelSpace, ModelSpec
@@ -92,6 +92,8 @@ class BenchmarkResult:
     output_problems: dict[str, int] = field(default_factory=dict)  # detections dropped, by problem (output_checks)
     notes: list[str] = field(default_factory=list)  # what a reader must know to read the numbers right
     reused_from: str | None = None  # the run folder whose detections a cached result reuses
+    # the untimed warm-up before a timed test: {"samples": n, "seconds": s}; AccuracyOnly (untimed) has none
+    warmup: dict[str, float] = field(default_factory=lambda: Warmup().to_json())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,13 +151,16 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
     # LoadGen's untimed load step: each sample verified, and recomputed when missing or corrupt
-    library = SampleLibrary(len(images),
-                            lambda i: to_model_input(load_sample(storage, images[i], spec.resolution), spec))
+    def load(i: int):
+        return to_model_input(load_sample(storage, images[i], spec.resolution), spec)
+
+    library = SampleLibrary(len(images), load)
     sut = DetectionSUT(backend, library, spec)
     notes = _notes(spec, config.mode)
     for note in notes:
         log.warning("%s", note)
     log.info("LoadGen %s %s over %d samples on %s", config.scenario, config.mode, len(images), backend.providers)
+    warmup = _warm_up(backend, load, len(images), params)
     run_loadgen(sut, config, spec.loadgen_model, log_dir)
     notes += _output_verdict(sut.outputs, spec, params.tolerate_bad_outputs)
     summary = summarize(log_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
@@ -173,8 +178,15 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         performance_metric=metric, performance=value,
         effective_settings=summary.effective_settings, loadgen_errors=summary.errors, started=started,
         duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
-        output_problems=sut.outputs.counts(), notes=notes,
+        output_problems=sut.outputs.counts(), notes=notes, warmup=warmup.to_json(),
     )
+
+
+def _warm_up(backend: OnnxBackend, load, count: int, params: BenchmarkParams) -> Warmup:
+    """The untimed warm-up before a PerformanceOnly test (none for AccuracyOnly, which is not timed)."""
+    if params.loadgen_mode != "PerformanceOnly":
+        return Warmup()
+    return warm_up(backend, load, count, params.loadgen_warmup_samples)
 
 
 def _notes(spec: ModelSpec, mode: str) -> list[str]:

@@ -270,6 +270,40 @@ class DetectionSUT:
         self.pool.shutdown(wait=True)
 
 
+WARMUP_MAX_S = 10.0  # a warm-up stops after this long (past its first inference), whatever its sample count
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """An untimed warm-up before a timed test: inferences run, and how long they took in seconds."""
+
+    samples: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {"samples": self.samples, "seconds": self.seconds}
+
+
+def warm_up(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int,
+            max_s: float = WARMUP_MAX_S) -> Warmup:
+    """Run up to `samples` inferences on the first samples of the dataset (cycled when it has fewer),
+    outside LoadGen's timing, so a short test does not time cuDNN autotuning or an engine build. The
+    first inference always runs; later ones stop once `max_s` has passed. 0 samples: no warm-up."""
+    if samples <= 0 or count <= 0:
+        return Warmup()
+    inputs = [load(i) for i in range(min(samples, count))]  # loaded (and normalized) before timing starts
+    start = time.perf_counter()
+    done = 0
+    while done < samples:
+        backend.infer(inputs[done % len(inputs)])
+        done += 1
+        if time.perf_counter() - start >= max_s:
+            break
+    seconds = round(time.perf_counter() - start, 3)
+    log.info("warm-up: %d inference(s) in %.3f s before the timed test (untimed)", done, seconds)
+    return Warmup(done, seconds)
+
+
 @dataclass(frozen=True)
 class LoadGenRun:
     log_dir: Path

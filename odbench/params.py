@@ -41,6 +41,7 @@ class BenchmarkParams:
     loadgen_duration_s: float | None = None  # axs's name of loadgen_min_duration_s
     loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
     loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
+    loadgen_warmup_samples: int = 8  # untimed inferences before a PerformanceOnly test (0: none)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -52,7 +53,7 @@ class BenchmarkParams:
         """Fail on bad values before anything is downloaded."""
         self.spec  # unknown model names list the known ones
         table = bounds.bounds()
-        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", *ALIASES):
+        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", "loadgen_warmup_samples", *ALIASES):
             bounds.check(name, getattr(self, name), table[name])
         self._check_aliases()
         self.loadgen_config  # scenario, mode, targets, counts and durations

@@ -34,6 +34,12 @@ def problems_text(result: BenchmarkResult) -> str:
     return ", ".join(f"{name}: {count}" for name, count in problems.items()) or "none"
 
 
+def warmup_text(result: BenchmarkResult) -> str:
+    """`8 inferences in 0.412 s (untimed)`, or `none`."""
+    samples = int(result.warmup.get("samples", 0))
+    return f"{samples} inferences in {result.warmup.get('seconds', 0.0):.3f} s (untimed)" if samples else "none"
+
+
 def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
     """The headline metrics as table rows of JSON types (Prefect table artifacts need that)."""
     rows: list[tuple[str, Any]] = [
@@ -49,6 +55,7 @@ def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
         ("samples_per_second_source", result.samples_per_second_source),
         ("result_validity", result.validity),
         *((f"latency_{k}_ms", _latency_ms(result, k)) for k in ("p50", "p90", "p99")),
+        ("warmup", warmup_text(result)),
         ("output_problems", problems_text(result)),
         ("run_dir", redact_text(result.run_dir)),
     ]
@@ -91,6 +98,8 @@ def terminal_summary(result: BenchmarkResult) -> str:
     ]
     if result.validity:
         lines.append(f"result       {result.validity}; p90 latency {_fmt(_latency_ms(result, 'p90'), ' ms')}")
+    if result.mode == "PerformanceOnly":
+        lines.append(f"warm-up      {warmup_text(result)}")
     if result.output_problems:
         lines.append(f"outputs      detections dropped: {problems_text(result)}")
     lines += [f"note         {note}" for note in result.notes]
