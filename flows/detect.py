@@ -19,7 +19,7 @@ from blocks.storage import resolve_storage
 from odbench.backend import ExecutionDevice
 from odbench.cli import log_level
 from odbench.dataset import fingerprint, parse_dataset_url
-from odbench.harness import Mode, Scenario
+from odbench.harness import Mode, Profile, Scenario
 from odbench.model_store import STANDIN, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
@@ -66,6 +66,7 @@ def detect(
     loadgen_buffer_size: int = D.loadgen_buffer_size,
     loadgen_scenario: Scenario = D.loadgen_scenario,
     loadgen_mode: Mode = D.loadgen_mode,
+    loadgen_profile: Profile = D.loadgen_profile,
     loadgen_target_qps: float | None = D.loadgen_target_qps,
     loadgen_target_latency: float | None = D.loadgen_target_latency,
     loadgen_count_override: int | None = D.loadgen_count_override,
@@ -100,6 +101,10 @@ def detect(
         loadgen_scenario: The LoadGen scenario: Offline (one query of all samples) or SingleStream (one
             sample per query, latency-bound).
         loadgen_mode: AccuracyOnly (every sample once, scored as COCO mAP) or PerformanceOnly (timed).
+        loadgen_profile: official (LoadGen's mlperf.conf, plus the published per-model values it no longer lists
+            for ssd-resnet34, written into user.conf) or quick (a PerformanceOnly run of seconds for demos and smoke
+            tests: minimum duration 2 s and 16 queries unless set). Options set here override either; the result's
+            effective_settings say what LoadGen used.
         loadgen_target_qps: Expected Offline throughput (samples/s); unset uses LoadGen's official value.
         loadgen_target_latency: Expected SingleStream latency in ms; unset uses LoadGen's official value.
         loadgen_count_override: Exactly this many queries (and no minimum duration): a short timed run.

@@ -84,7 +84,8 @@ class BenchmarkResult:
     latency_ns: dict[str, float]
     performance_metric: str
     performance: float | None
-    effective_settings: dict[str, Any] = field(default_factory=dict)
+    effective_settings: dict[str, Any] = field(default_factory=dict)  # as LoadGen used them (its detail log)
+    loadgen_profile: str = "official"  # the settings profile (odbench/harness.py: official or quick)
     loadgen_errors: list[str] = field(default_factory=list)
     started: str = ""
     duration_s: float = 0.0
@@ -176,7 +177,8 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         coco_stats=accuracy.stats if accuracy else None, samples_per_second=throughput,
         samples_per_second_source=source, validity=summary.validity, latency_ns=summary.latency_ns,
         performance_metric=metric, performance=value,
-        effective_settings=summary.effective_settings, loadgen_errors=summary.errors, started=started,
+        effective_settings=summary.effective_settings, loadgen_profile=config.profile,
+        loadgen_errors=summary.errors, started=started,
         duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
         output_problems=sut.outputs.counts(), notes=notes, warmup=warmup.to_json(),
     )

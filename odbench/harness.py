@@ -34,8 +34,10 @@ from odbench.output_checks import OutputTally, check_outputs
 log = logging.getLogger(__name__)
 Scenario = Literal["Offline", "SingleStream"]
 Mode = Literal["AccuracyOnly", "PerformanceOnly"]
+Profile = Literal["official", "quick"]
 SCENARIOS: tuple[str, ...] = get_args(Scenario)
 MODES: tuple[str, ...] = get_args(Mode)
+PROFILES: tuple[str, ...] = get_args(Profile)
 # LoadGenConfig field -> the parameter a user sets it with (errors name the parameter)
 PARAMETER_NAMES = {
     "buffer_size": "loadgen_buffer_size",
@@ -51,6 +53,30 @@ PARAMETER_NAMES = {
 OFFICIAL_MIN_DURATION_S = 600.0
 OFFICIAL_OFFLINE_QPS = 1.0
 OFFICIAL_SINGLE_STREAM_LATENCY_MS = 10.0
+# The published per-model values that current LoadGen's mlperf.conf no longer lists, written into user.conf
+# by the `official` profile (key after the model: `scenario.setting`, `*` for every scenario). ssd-resnet34's
+# come from the last mlperf.conf that had them, mlcommons/inference tag v2.0 (`mlperf.conf`, removed in v2.1, when
+# the benchmark moved to retinanet): its `ssd-resnet34.*` lines, and the Offline minimum of 24576 samples,
+# then a `*.Offline` line, which current LoadGen (6.0.x, loadgen/mlperf.conf) lists per model instead
+# (retinanet's is 24576; an unlisted model gets LoadGen's default). v2.0's `*.SingleStream.min_query_count =
+# 1024` is left out: current LoadGen dropped it for every model (early stopping). The user's options, and
+# loadgen_buffer_size's performance_sample_count_override, still override these (they are per-scenario keys).
+PUBLISHED_VALUES: dict[str, dict[str, float]] = {
+    "ssd-resnet34": {
+        "*.performance_sample_count_override": 64,
+        "Offline.min_query_count": 24576,
+        "MultiStream.target_latency": 528,
+        "Server.target_latency": 100,
+    },
+}
+# The `quick` profile (demos, smoke tests): a PerformanceOnly test of seconds, not minutes, on the stand-ins;
+# these replace the official minimum duration and query count unless the user sets them (or a count override).
+# SingleStream's expected latency (LoadGen generates twice min duration / expected latency queries, and ends the
+# test with an error when a fast SUT uses them up before the minimum duration) is set low for the same reason:
+# 8000 queries in 2 s; it only sizes the query pool, it is no latency bound in SingleStream.
+QUICK_MIN_DURATION_S = 2.0
+QUICK_MIN_QUERY_COUNT = 16
+QUICK_SINGLE_STREAM_LATENCY_MS = 0.5
 _NO_ROWS = np.zeros((0, 7), np.float32)
 _EMPTY = np.zeros(1, np.float32)  # a valid address for empty responses (size 0)
 
@@ -69,9 +95,12 @@ class LoadGenConfig:
     max_duration_s: float | None = None
     min_query_count: int | None = None  # LoadGen's min_query_count (count_override sets it and max_query_count)
     max_query_count: int | None = None  # LoadGen's max_query_count; 0: no maximum
+    profile: str = "official"  # official: mlperf.conf plus PUBLISHED_VALUES; quick: QUICK_* minimums
 
     def __post_init__(self) -> None:
         """Fail on values LoadGen would abort on, or plan too much memory for (odbench/bounds.py)."""
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown loadgen_profile {self.profile!r}; valid: {', '.join(PROFILES)}")
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown loadgen_scenario {self.scenario!r}; valid: {', '.join(SCENARIOS)}")
         if self.mode not in MODES:
@@ -98,17 +127,22 @@ class LoadGenConfig:
     def planned_samples(self) -> tuple[float, str, str]:
         """About how many samples LoadGen generates for a PerformanceOnly test (it allocates them all
         before the first query), the product that gives them, and how to lower it, in words."""
-        count = max(self.count_override or 0, self.min_query_count or 0)
+        quick = self.quick_minimums()
+        count = max(self.count_override or 0, self.min_query_count or 0, int(quick.get("min_query_count", 0)))
         duration = (self.min_duration_s if self.min_duration_s is not None
-                    else 0.0 if self.count_override else OFFICIAL_MIN_DURATION_S)
-        dur = f"loadgen_min_duration_s {duration:g} s" + ("" if self.min_duration_s is not None else " (official)")
+                    else 0.0 if self.count_override
+                    else quick["min_duration"] / 1000 if quick else OFFICIAL_MIN_DURATION_S)
+        dur = f"loadgen_min_duration_s {duration:g} s" + ("" if self.min_duration_s is not None
+                                                          else f" ({self.profile})")
         if self.scenario == "Offline":  # one query of max(min_query_count, 1.1 x duration x qps) samples
             qps = self.target_qps or OFFICIAL_OFFLINE_QPS
             qps_text = f"loadgen_target_qps {qps:g}" + ("" if self.target_qps else " (official)")
             return (max(count, 1.1 * duration * qps), f"1.1 × {qps_text} × {dur}",
                     "lower loadgen_target_qps or loadgen_min_duration_s")
-        latency = self.target_latency_ms or OFFICIAL_SINGLE_STREAM_LATENCY_MS  # twice the expected queries
-        latency_text = f"loadgen_target_latency {latency:g} ms" + ("" if self.target_latency_ms else " (official)")
+        latency = (self.target_latency_ms or quick.get("target_latency")
+                   or OFFICIAL_SINGLE_STREAM_LATENCY_MS)  # twice the expected queries
+        latency_text = f"loadgen_target_latency {latency:g} ms" + ("" if self.target_latency_ms
+                                                                   else f" ({self.profile})")
         return (max(count, 2 * duration * 1000 / latency), f"2 × {dur} / {latency_text}",
                 "raise loadgen_target_latency or lower loadgen_min_duration_s")
 
@@ -124,9 +158,32 @@ class LoadGenConfig:
         """Samples LoadGen keeps loaded in performance mode: the buffer size, at most the dataset."""
         return min(self.buffer_size, total_count)
 
+    def quick_minimums(self) -> dict[str, float]:
+        """The `quick` profile's user.conf values (min_duration in ms, target_latency in ms) for what the user
+        left unset; none with the official profile, and only the latency with a count override (which already
+        fixes the count and drops the duration)."""
+        if self.profile != "quick":
+            return {}
+        values: dict[str, float] = {}
+        if self.scenario == "SingleStream" and self.target_latency_ms is None:
+            values["target_latency"] = QUICK_SINGLE_STREAM_LATENCY_MS
+        if self.count_override is not None:
+            return values
+        if self.min_duration_s is None:
+            seconds = min(QUICK_MIN_DURATION_S, self.max_duration_s or QUICK_MIN_DURATION_S)
+            values["min_duration"] = round(seconds * 1000)
+        if self.min_query_count is None:
+            values["min_query_count"] = min(QUICK_MIN_QUERY_COUNT, self.max_query_count or QUICK_MIN_QUERY_COUNT)
+        return values
+
     def user_conf(self, model_key: str, total_count: int) -> str:
-        """The user.conf lines for these settings, under LoadGen's key for the model."""
+        """The user.conf lines for these settings, under LoadGen's key for the model: with the official
+        profile first the published values current LoadGen lacks (PUBLISHED_VALUES), then the user's."""
+        entries: dict[str, float] = {}
+        if self.profile == "official":
+            entries |= {f"{model_key}.{key}": value for key, value in PUBLISHED_VALUES.get(model_key, {}).items()}
         lines: dict[str, float] = {"performance_sample_count_override": self.performance_count(total_count)}
+        lines |= self.quick_minimums()
         if self.target_qps is not None:
             lines["target_qps"] = self.target_qps
         if self.target_latency_ms is not None:
@@ -142,8 +199,8 @@ class LoadGenConfig:
             lines["min_duration"] = round(self.min_duration_s * 1000)
         if self.max_duration_s is not None:
             lines["max_duration"] = round(self.max_duration_s * 1000)
-        prefix = f"{model_key}.{self.scenario}"
-        return "".join(f"{prefix}.{key} = {value}\n" for key, value in lines.items())
+        entries |= {f"{model_key}.{self.scenario}.{key}": value for key, value in lines.items()}
+        return "".join(f"{key} = {value}\n" for key, value in entries.items())
 
 
 class SampleLibrary:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from odbench import bounds
 from odbench.backend import DEVICES, ExecutionDevice
-from odbench.harness import LoadGenConfig, Mode, Scenario
+from odbench.harness import LoadGenConfig, Mode, Profile, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
 
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
@@ -30,6 +30,7 @@ class BenchmarkParams:
     loadgen_buffer_size: int = 8
     loadgen_scenario: Scenario = "Offline"
     loadgen_mode: Mode = "AccuracyOnly"
+    loadgen_profile: Profile = "official"  # official: mlperf.conf + published per-model values; quick: seconds
     loadgen_target_qps: float | None = None
     loadgen_target_latency: float | None = None  # ms
     loadgen_count_override: int | None = None
@@ -124,6 +125,7 @@ class BenchmarkParams:
             max_duration_s=self.loadgen_max_duration_s,
             min_query_count=self.loadgen_min_query_count,
             max_query_count=self.loadgen_max_query_count,
+            profile=self.loadgen_profile,
         )
 
 
