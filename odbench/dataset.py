@@ -225,12 +225,21 @@ def _file_info(source: FolderSource, file_name: str) -> dict:
         raise SourceUnavailableError(f"cannot read {redact_url(url)}: {redact_text(str(err))}") from None
 
 
+def _read_at_most(handle, limit: int) -> bytes:
+    """Read to the end or `limit` bytes: a streamed HTTP file (no size) returns short reads."""
+    chunks, total = [], 0
+    while total < limit and (chunk := handle.read(min(1 << 20, limit - total))):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_url(url: str) -> bytes:
     """An annotation file's bytes (at most `Limits.max_annotation_bytes`); errors name the redacted URL."""
     maximum = Limits.from_env().max_annotation_bytes
     try:
         with fsspec.open(url, "rb") as handle:
-            data = handle.read(maximum + 1)
+            data = _read_at_most(handle, maximum + 1)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{redact_url(url)} not found: a dataset folder must hold {ANNOTATIONS_MEMBER} and {IMAGES_DIR}/*.jpg"
