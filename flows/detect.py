@@ -19,7 +19,7 @@ from blocks.storage import resolve_storage
 from odbench.backend import ExecutionDevice
 from odbench.cli import log_level
 from odbench.dataset import fingerprint, parse_dataset_url
-from odbench.harness import Mode, Profile, Scenario
+from odbench.loadgen_settings import Mode, Profile, Scenario
 from odbench.model_store import STANDIN, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName

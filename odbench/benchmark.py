@@ -23,7 +23,7 @@ from odbench import coco
 from odbench.accuracy import AccuracyResult, decode_accuracy_log, evaluate
 from odbench.backend import OnnxBackend
 from odbench.dataset import DatasetManifest, ingest, parse_dataset_url
-from odbench.harness import DetectionSUT, SampleLibrary, Warmup, run_loadgen, warm_up
+from odbench.harness import run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.models import LabelSpace, ModelSpec
@@ -33,6 +33,7 @@ from odbench.preprocess import load_sample, preprocess, to_model_input
 from odbench.progress import LogProgress
 from odbench.redact import redact_text
 from odbench.storage import Storage
+from odbench.sut import DetectionSUT, SampleLibrary, Warmup, warm_up
 
 log = logging.getLogger(__name__)
 LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
@@ -85,7 +86,7 @@ class BenchmarkResult:
     performance_metric: str
     performance: float | None
     effective_settings: dict[str, Any] = field(default_factory=dict)  # as LoadGen used them (its detail log)
-    loadgen_profile: str = "official"  # the settings profile (odbench/harness.py: official or quick)
+    loadgen_profile: str = "official"  # the settings profile (odbench/loadgen_settings.py: official or quick)
     loadgen_errors: list[str] = field(default_factory=list)
     started: str = ""
     duration_s: float = 0.0

@@ -12,7 +12,7 @@ from typing import Literal
 
 from odbench import bounds
 from odbench.backend import DEVICES, ExecutionDevice
-from odbench.harness import LoadGenConfig, Mode, Profile, Scenario
+from odbench.loadgen_settings import LoadGenConfig, Mode, Profile, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
 
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory

@@ -10,8 +10,10 @@ import pytest
 
 from odbench import coco
 from odbench.accuracy import decode_accuracy_log, evaluate
-from odbench.harness import DetectionSUT, LoadGenConfig, SampleLibrary, run_loadgen
+from odbench.harness import run_loadgen
+from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import LabelSpace, ModelSpec, get_spec
+from odbench.sut import DetectionSUT, SampleLibrary
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

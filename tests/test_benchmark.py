@@ -172,7 +172,9 @@ def test_model_md5_mismatch_names_url_and_sums_and_stores_nothing(tmp_path, synt
 
 
 def test_a_sample_that_fails_to_load_fails_the_run_without_killing_the_process(tmp_path):
-    from odbench.harness import DetectionSUT, LoadGenConfig, SampleLibrary, run_loadgen
+    from odbench.harness import run_loadgen
+    from odbench.loadgen_settings import LoadGenConfig
+    from odbench.sut import DetectionSUT, SampleLibrary
 
     spec = get_spec("retinanet")
 

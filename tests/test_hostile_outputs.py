@@ -26,13 +26,15 @@ from odbench import bounds
 from odbench.accuracy import decode_accuracy_log, encode_detections
 from odbench.backend import OnnxBackend
 from odbench.benchmark import BenchmarkResult, run_benchmark
-from odbench.harness import DetectionSUT, LoadGenConfig, SampleLibrary, run_loadgen
+from odbench.harness import run_loadgen
+from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import ModelSpec, get_spec
 from odbench.output_checks import BadModelOutputsError
 from odbench.params import BenchmarkParams
 from odbench.report import summary_markdown, terminal_summary
 from odbench.standin import IR_VERSION, OPSET, _Graph, _value_info, build_standin
 from odbench.storage import Storage
+from odbench.sut import DetectionSUT, SampleLibrary
 from odbench.validation import validate_model
 
 N = 4

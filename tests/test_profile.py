@@ -12,7 +12,7 @@ from conftest import ROOT
 
 from odbench.benchmark import run_benchmark
 from odbench.cli import add_param_arguments
-from odbench.harness import (
+from odbench.loadgen_settings import (
     PUBLISHED_VALUES,
     QUICK_MIN_DURATION_S,
     QUICK_MIN_QUERY_COUNT,

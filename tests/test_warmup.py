@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from odbench import benchmark, harness
+from odbench import benchmark
+from odbench import sut as sut_module
 from odbench.backend import OnnxBackend
 from odbench.benchmark import run_benchmark
 from odbench.params import BenchmarkParams
@@ -32,7 +33,7 @@ class _Tracker:
                 tracker.infers += 1
                 return super().infer(x)
 
-        real_issue = harness.DetectionSUT.issue_queries
+        real_issue = sut_module.DetectionSUT.issue_queries
 
         def issue_queries(sut, samples):
             if tracker.at_first_query is None:
@@ -41,7 +42,7 @@ class _Tracker:
             return real_issue(sut, samples)
 
         monkeypatch.setattr(benchmark, "OnnxBackend", CountingBackend)
-        monkeypatch.setattr(harness.DetectionSUT, "issue_queries", issue_queries)
+        monkeypatch.setattr(sut_module.DetectionSUT, "issue_queries", issue_queries)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +106,9 @@ def test_the_warm_up_stops_after_its_time_limit_but_runs_at_least_once():
             import time
             time.sleep(0.05)
 
-    warm = harness.warm_up(Slow(), lambda i: i, count=3, samples=100, max_s=0.12)
+    warm = sut_module.warm_up(Slow(), lambda i: i, count=3, samples=100, max_s=0.12)
     assert 1 <= warm.samples == Slow.calls < 100 and warm.seconds >= 0.12
-    assert harness.warm_up(Slow(), lambda i: i, count=3, samples=5, max_s=0.0).samples == 1
+    assert sut_module.warm_up(Slow(), lambda i: i, count=3, samples=5, max_s=0.0).samples == 1
 
 
 @pytest.mark.parametrize("bad", [-1, 10_001, 2.5, True])
