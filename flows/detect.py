@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from blocks.storage import resolve_storage
 from odbench.backend import ExecutionDevice
 from odbench.cli import log_level
+from odbench.compliance import ComplianceTest
 from odbench.dataset import fingerprint, parse_dataset_url
 from odbench.loadgen_settings import Mode, Profile, Scenario
 from odbench.model_store import STANDIN, check_stored
@@ -77,7 +78,8 @@ def detect(
     loadgen_max_query_count: int | None = D.loadgen_max_query_count,
     loadgen_duration_s: float | None = D.loadgen_duration_s,
     loadgen_multistreamness: int | None = D.loadgen_multistreamness,
-    loadgen_compliance_test: str | None = D.loadgen_compliance_test,
+    loadgen_compliance_test: ComplianceTest | None = D.loadgen_compliance_test,
+    loadgen_concurrency: int = D.loadgen_concurrency,
     loadgen_warmup_samples: int = D.loadgen_warmup_samples,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
@@ -116,8 +118,13 @@ def detect(
         loadgen_max_query_count: LoadGen's max_query_count, the most queries of a timed run (0: no maximum); no
             alias of ours (loadgen_count_override sets both this and the minimum).
         loadgen_duration_s: The axs name of loadgen_min_duration_s (an alias): minimum duration in seconds.
-        loadgen_multistreamness: MultiStream samples per query; not supported yet, leave unset.
-        loadgen_compliance_test: MLPerf compliance test (TEST01, TEST04); not supported yet, leave unset.
+        loadgen_multistreamness: MultiStream samples per query (unset: LoadGen's 8); MultiStream only.
+        loadgen_compliance_test: MLPerf compliance test: TEST01 (logged samples in a timed run match the
+            accuracy run) or TEST04 (one sample repeated is not faster than unique samples); runs the reference
+            passes it compares against, keeps the audit logs under audit/ and reports the verdict. Needs
+            loadgen_mode PerformanceOnly or Submission.
+        loadgen_concurrency: Inferences in flight at once (SUT worker threads); Server and MultiStream need more
+            than 1 to overlap queries.
         loadgen_warmup_samples: Untimed inferences on loaded samples before a PerformanceOnly test, so a short
             run does not time cuDNN autotuning or an engine build (stops after 10 s); 0: none. The result
             records the warm-up's samples and seconds.

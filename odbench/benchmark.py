@@ -157,7 +157,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         return to_model_input(load_sample(storage, images[i], spec.resolution), spec)
 
     library = SampleLibrary(len(images), load)
-    sut = DetectionSUT(backend, library, spec)
+    sut = DetectionSUT(backend, library, spec, workers=params.loadgen_concurrency)
     notes = _notes(spec, config.mode)
     for note in notes:
         log.warning("%s", note)

@@ -85,9 +85,11 @@ def _wait_for(test: Callable[[], None], interrupts: _StopOnInterrupt) -> None:
         raise failures[0]
 
 
-def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_dir: Path) -> LoadGenRun:
+def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_dir: Path,
+                audit_config: Path | None = None) -> LoadGenRun:
     """Run one LoadGen test, writing user.conf and LoadGen's logs into log_dir; Ctrl-C stops it
-    cleanly and raises KeyboardInterrupt afterwards."""
+    cleanly and raises KeyboardInterrupt afterwards. `audit_config`: a compliance test's audit.config
+    (odbench/compliance.py), which LoadGen applies over every other setting; None: no audit."""
     import mlperf_loadgen as lg
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,8 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
         try:
             log.info("LoadGen test started: %s %s, %d samples (Ctrl-C stops it cleanly)", config.scenario,
                      config.mode, library.count)
-            _wait_for(lambda: lg.StartTestWithLogSettings(handle, qsl, settings, log_settings, ""), interrupts)
+            _wait_for(lambda: lg.StartTestWithLogSettings(handle, qsl, settings, log_settings,
+                                                          str(audit_config) if audit_config else ""), interrupts)
         finally:
             lg.DestroySUT(handle)
             lg.DestroyQSL(qsl)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from odbench import bounds
 from odbench.backend import DEVICES, ExecutionDevice
+from odbench.compliance import COMPLIANCE_TESTS, ComplianceTest
 from odbench.loadgen_settings import LoadGenConfig, Mode, Profile, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
 
@@ -40,8 +41,9 @@ class BenchmarkParams:
     loadgen_min_query_count: int | None = None  # LoadGen's min_query_count
     loadgen_max_query_count: int | None = None  # LoadGen's max_query_count (0: no maximum)
     loadgen_duration_s: float | None = None  # axs's name of loadgen_min_duration_s
-    loadgen_multistreamness: int | None = None  # MultiStream samples per query (not supported yet)
-    loadgen_compliance_test: str | None = None  # TEST01, TEST04, ... (not supported yet)
+    loadgen_multistreamness: int | None = None  # MultiStream samples per query (LoadGen's default: 8)
+    loadgen_compliance_test: ComplianceTest | None = None  # TEST01, TEST04: with PerformanceOnly or Submission
+    loadgen_concurrency: int = 1  # inferences in flight at once (SUT worker threads)
     loadgen_warmup_samples: int = 8  # untimed inferences before a PerformanceOnly test (0: none)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
@@ -54,11 +56,13 @@ class BenchmarkParams:
         """Fail on bad values before anything is downloaded."""
         self.spec  # unknown model names list the known ones
         table = bounds.bounds()
-        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", "loadgen_warmup_samples", *ALIASES):
+        for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", "loadgen_warmup_samples",
+                     "loadgen_concurrency", *ALIASES):
             bounds.check(name, getattr(self, name), table[name])
         self._check_aliases()
         self.loadgen_config  # scenario, mode, targets, counts and durations
         self._check_unsupported()
+        self._check_compliance()
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
@@ -88,12 +92,17 @@ class BenchmarkParams:
         if self.batch_size != 1:
             raise ValueError(f"batch_size={self.batch_size} is not supported yet: the official model files take "
                              "batch 1; use batch_size=1")
-        if self.loadgen_multistreamness is not None:
-            raise ValueError("loadgen_multistreamness is for the MultiStream scenario, which is not supported "
-                             "yet; leave it unset")
-        if self.loadgen_compliance_test is not None:
-            raise ValueError(f"loadgen_compliance_test={self.loadgen_compliance_test!r}: compliance tests are "
-                             "not supported yet; leave it unset")
+
+    def _check_compliance(self) -> None:
+        """A compliance test compares against a timed run: it needs PerformanceOnly or Submission."""
+        test = self.loadgen_compliance_test
+        if test is None:
+            return
+        if test not in COMPLIANCE_TESTS:
+            raise ValueError(f"unknown loadgen_compliance_test {test!r}; valid: {', '.join(COMPLIANCE_TESTS)}")
+        if self.loadgen_mode not in ("PerformanceOnly", "Submission"):
+            raise ValueError(f"loadgen_compliance_test={test} compares against a timed run: use "
+                             f"loadgen_mode=PerformanceOnly or Submission, not {self.loadgen_mode}")
 
     def _check_buffer_memory(self) -> None:
         """The samples LoadGen keeps loaded (float32 model inputs) must fit in part of the machine's RAM."""
@@ -126,6 +135,7 @@ class BenchmarkParams:
             min_query_count=self.loadgen_min_query_count,
             max_query_count=self.loadgen_max_query_count,
             profile=self.loadgen_profile,
+            samples_per_query=self.loadgen_multistreamness,
         )
 
 

@@ -100,7 +100,7 @@ def test_unknown_model_fails_before_any_download(storage):
     (dict(framework="tflite"), "runs onnx models"),
     (dict(batch_size=8), "use batch_size=1"),
     (dict(loadgen_multistreamness=8), "MultiStream"),
-    (dict(loadgen_compliance_test="TEST01"), "not supported yet"),
+    (dict(loadgen_compliance_test="TEST09"), "TEST01, TEST04"),
 ])
 def test_bad_settings_fail_before_any_work(bad, says):
     with pytest.raises(ValueError, match=says):

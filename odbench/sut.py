@@ -1,0 +1,185 @@
+"""LoadGen's system under test: the sample library (QSL), the SUT that answers queries, the warm-up.
+
+The SUT takes queries on LoadGen's thread and runs them on a worker pool, answering with
+`QuerySamplesComplete` from the workers; response buffers stay alive until that call returns.
+Nothing may raise into LoadGen's C++ threads (an exception there aborts the process), so every
+callback records its errors and still answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from odbench.accuracy import encode_detections
+from odbench.backend import Backend
+from odbench.models import ModelSpec
+from odbench.output_checks import OutputTally, check_outputs
+
+log = logging.getLogger(__name__)
+_NO_ROWS = np.zeros((0, 7), np.float32)
+_EMPTY = np.zeros(1, np.float32)  # a valid address for empty responses (size 0)
+
+
+class SampleLibrary:
+    """LoadGen's QSL: loads samples (already normalized) into RAM on LoadGen's request.
+
+    A failed load is recorded, never raised: an exception escaping into LoadGen's C++ thread kills
+    the process. The SUT then fails that sample, and the run reports the first error. Once stopping,
+    loads are skipped (the SUT answers without the samples)."""
+
+    def __init__(self, count: int, load: Callable[[int], np.ndarray]):
+        self.count = count
+        self._load = load
+        self._samples: dict[int, np.ndarray] = {}
+        self.errors: list[BaseException] = []
+        self.stopping = False  # a plain flag: set from a signal handler
+
+    def load_samples(self, indices: Sequence[int]) -> None:
+        for idx in indices:
+            if self.stopping:
+                return
+            try:
+                self._samples[idx] = self._load(idx)
+            except BaseException as err:  # noqa: BLE001 — see the class docstring
+                self.errors.append(err)
+
+    def unload_samples(self, indices: Sequence[int]) -> None:
+        try:
+            for idx in indices:
+                self._samples.pop(idx, None)
+        except BaseException as err:  # noqa: BLE001 — see the class docstring
+            self.errors.append(err)
+
+    def __getitem__(self, idx: int) -> np.ndarray:
+        return self._samples[idx]
+
+
+class DetectionSUT:
+    """LoadGen's SUT: each query sample becomes one inference on a worker thread, its outputs checked
+    (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
+
+    def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1):
+        self.backend, self.library, self.spec, self.workers = backend, library, spec, workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut")
+        self.errors: list[BaseException] = []
+        self.outputs = OutputTally()
+        self._lock = threading.Lock()
+        self.completed = 0
+        self.busy_s = 0.0  # summed over workers: time spent inferring and encoding
+        self.stopping = False  # a plain flag: set from a signal handler
+
+    def request_stop(self) -> None:
+        """Answer every outstanding and later query at once, empty, so LoadGen ends its test."""
+        self.stopping = self.library.stopping = True
+
+    def issue_queries(self, samples) -> None:
+        done = 0
+        try:
+            for sample in samples:
+                if self.stopping:
+                    self._complete_empty([s.id for s in samples[done:]])
+                    return
+                self.pool.submit(self._run_one, sample.id, sample.index)
+                done += 1
+        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
+            self._record(err)
+            self._complete_empty([s.id for s in samples[done:]])
+
+    def flush_queries(self) -> None:
+        pass
+
+    def _run_one(self, sample_id: int, qsl_idx: int) -> None:
+        if self.stopping:
+            self._complete_empty([sample_id])
+            return
+        start = time.perf_counter()
+        try:
+            rows = self._detect(qsl_idx)
+        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
+            self._record(err)
+            rows = _NO_ROWS
+        self._complete(sample_id, rows)
+        with self._lock:
+            self.completed += 1
+            self.busy_s += time.perf_counter() - start
+
+    def _detect(self, qsl_idx: int) -> np.ndarray:
+        """One sample's checked detections as accuracy-log rows."""
+        boxes, scores, labels = self.backend.infer(self.library[qsl_idx])
+        checked = check_outputs(boxes, scores, labels, self.spec)
+        self.outputs.add(qsl_idx, checked.problems)
+        return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)
+
+    def _complete(self, sample_id: int, rows: np.ndarray) -> None:
+        """Answer one sample; `rows` stays alive (and contiguous) until LoadGen has copied it."""
+        try:
+            import mlperf_loadgen as lg
+
+            rows = np.ascontiguousarray(rows, np.float32)
+            data = rows if rows.size else _EMPTY
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)])
+        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
+            self._record(err)
+
+    def _complete_empty(self, sample_ids: list[int]) -> None:
+        try:
+            import mlperf_loadgen as lg
+
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(i, _EMPTY.ctypes.data, 0) for i in sample_ids])
+        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
+            self._record(err)
+
+    def _record(self, err: BaseException) -> None:
+        with self._lock:
+            self.errors.append(err)
+
+    def throughput(self) -> float | None:
+        """Samples per second of the SUT's own inference time (LoadGen's untimed sample loads, which
+        AccuracyOnly interleaves with queries, excluded); None before any sample."""
+        if self.completed == 0 or self.busy_s <= 0:
+            return None
+        return self.completed * self.workers / self.busy_s
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+WARMUP_MAX_S = 10.0  # a warm-up stops after this long (past its first inference), whatever its sample count
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """An untimed warm-up before a timed test: inferences run, and how long they took in seconds."""
+
+    samples: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {"samples": self.samples, "seconds": self.seconds}
+
+
+def warm_up(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int,
+            max_s: float = WARMUP_MAX_S) -> Warmup:
+    """Run up to `samples` inferences on the first samples of the dataset (cycled when it has fewer),
+    outside LoadGen's timing, so a short test does not time cuDNN autotuning or an engine build. The
+    first inference always runs; later ones stop once `max_s` has passed. 0 samples: no warm-up."""
+    if samples <= 0 or count <= 0:
+        return Warmup()
+    inputs = [load(i) for i in range(min(samples, count))]  # loaded (and normalized) before timing starts
+    start = time.perf_counter()
+    done = 0
+    while done < samples:
+        backend.infer(inputs[done % len(inputs)])
+        done += 1
+        if time.perf_counter() - start >= max_s:
+            break
+    seconds = round(time.perf_counter() - start, 3)
+    log.info("warm-up: %d inference(s) in %.3f s before the timed test (untimed)", done, seconds)
+    return Warmup(done, seconds)
