@@ -100,15 +100,20 @@ def detect(
         verbosity: Log detail of the benchmark core: 0 warnings only, 1-2 progress, 3 debug.
         loadgen_dataset_size: N, the first N images of the annotation file (MLPerf's qsl_idx order).
         loadgen_buffer_size: LoadGen's performance sample count: samples held in memory for timed queries.
-        loadgen_scenario: The LoadGen scenario: Offline (one query of all samples) or SingleStream (one
-            sample per query, latency-bound).
-        loadgen_mode: AccuracyOnly (every sample once, scored as COCO mAP) or PerformanceOnly (timed).
+        loadgen_scenario: The LoadGen scenario: Offline (one query of all samples; throughput), SingleStream (one
+            sample per query, the next after the last answer; p90 latency), MultiStream (loadgen_multistreamness
+            samples per query; p99 query latency) or Server (single-sample queries at Poisson arrivals of
+            loadgen_target_qps within a latency bound; scheduled samples/s).
+        loadgen_mode: AccuracyOnly (every sample once, scored as COCO mAP), PerformanceOnly (timed),
+            FindPeakPerformance (Server only: LoadGen searches the highest valid QPS) or Submission (AccuracyOnly,
+            then PerformanceOnly: mAP and performance in one result, logs under accuracy/ and performance/run_1/).
         loadgen_profile: official (LoadGen's mlperf.conf, plus the published per-model values it no longer lists
-            for ssd-resnet34, written into user.conf) or quick (a PerformanceOnly run of seconds for demos and smoke
-            tests: minimum duration 2 s and 16 queries unless set). Options set here override either; the result's
-            effective_settings say what LoadGen used.
-        loadgen_target_qps: Expected Offline throughput (samples/s); unset uses LoadGen's official value.
-        loadgen_target_latency: Expected SingleStream latency in ms; unset uses LoadGen's official value.
+            for ssd-resnet34, written into user.conf) or quick (a timed run of seconds for demos and smoke
+            tests). Options set here override either; the result's effective_settings say what LoadGen used.
+        loadgen_target_qps: Offline: expected throughput (samples/s); Server: the arrival rate. Unset in a timed
+            run: calibrated from a short measured pass, recorded in the result's calibration.
+        loadgen_target_latency: SingleStream/MultiStream: expected latency in ms (unset in a timed run:
+            calibrated); Server: the latency bound in ms (unset: the official value). Not for Offline.
         loadgen_count_override: Exactly this many queries (and no minimum duration): a short timed run.
         loadgen_min_duration_s: Minimum duration of a timed run in seconds (official: 600).
         loadgen_max_duration_s: Maximum duration of a timed run in seconds.

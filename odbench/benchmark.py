@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import platform
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from odbench import coco
+from odbench import coco, compliance
 from odbench.accuracy import AccuracyResult, decode_accuracy_log, evaluate
 from odbench.backend import OnnxBackend
+from odbench.calibration import calibrate
 from odbench.dataset import DatasetManifest, ingest, parse_dataset_url
 from odbench.harness import run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
+from odbench.loadgen_settings import LoadGenConfig
 from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.models import LabelSpace, ModelSpec
 from odbench.output_checks import BadModelOutputsError, OutputTally
@@ -37,7 +41,12 @@ from odbench.sut import DetectionSUT, SampleLibrary, Warmup, warm_up
 
 log = logging.getLogger(__name__)
 LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
+# where each LoadGen test's logs go when a run has several (MLPerf's submission layout); a run of one test keeps
+# them in its own folder
+PASS_FOLDERS = {"AccuracyOnly": "accuracy", "PerformanceOnly": "performance/run_1",
+                "FindPeakPerformance": "performance/run_1"}
 ACCURACY_PASS_THROUGHPUT = "accuracy pass: samples / SUT inference time (not a LoadGen performance result)"
+SUT_THROUGHPUT = "samples / SUT inference time (LoadGen reports no samples/s in {}; see performance)"
 FOREIGN_LABELS_NOTE = ("{model} labels are {space} classes, not COCO categories: its mAP on a COCO annotation "
                        "file does not measure the model")
 
@@ -96,6 +105,10 @@ class BenchmarkResult:
     reused_from: str | None = None  # the run folder whose detections a cached result reuses
     # the untimed warm-up before a timed test: {"samples": n, "seconds": s}; AccuracyOnly (untimed) has none
     warmup: dict[str, float] = field(default_factory=lambda: Warmup().to_json())
+    loadgen: dict[str, Any] = field(default_factory=dict)  # the timed pass's parsed LoadGen summary (loadgen_log.py)
+    calibration: dict[str, Any] | None = None  # the target measured for a timed test that had none (calibration.py)
+    compliance: dict[str, Any] | None = None  # the compliance test's verdict (compliance.py)
+    log_files: list[str] = field(default_factory=lambda: list(LOADGEN_FILES))  # relative to the run's folder
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +116,7 @@ class BenchmarkResult:
     @property
     def files(self) -> tuple[str, ...]:
         """The run's evidence in storage."""
-        return tuple(f"runs/{self.run_id}/{name}" for name in (*LOADGEN_FILES, "result.json"))
+        return tuple(f"runs/{self.run_id}/{name}" for name in (*self.log_files, "result.json"))
 
 
 def environment() -> dict[str, str]:
@@ -143,51 +156,142 @@ def run_inference(params: BenchmarkParams, manifest: DatasetManifest, model: Sto
     return result
 
 
+@dataclass(frozen=True)
+class _Bench:
+    """What every LoadGen pass of one run shares: the parameters, the model session and the samples."""
+
+    params: BenchmarkParams
+    spec: ModelSpec
+    backend: OnnxBackend
+    load: Callable[[int], Any]
+    count: int
+    annotations: dict
+
+    def sut(self) -> DetectionSUT:
+        """A fresh SUT for one LoadGen test (run_loadgen closes it)."""
+        return DetectionSUT(self.backend, SampleLibrary(self.count, self.load), self.spec,
+                            workers=self.params.loadgen_concurrency)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One LoadGen test's outcome: its folder (relative to the run's), summary, SUT and mAP if scored."""
+
+    folder: str
+    summary: LoadGenSummary
+    sut: DetectionSUT
+    accuracy: AccuracyResult | None
+
+
 def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
             storage: Storage, run_id: str, run_uri: str) -> BenchmarkResult:
-    spec, config = params.spec, params.loadgen_config
+    spec = params.spec
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), time.perf_counter()
+    bench = _bench(params, manifest, model, storage)
+    notes = _notes(spec, params.loadgen_mode)
+    for note in notes:
+        log.warning("%s", note)
+    log.info("LoadGen %s %s over %d samples on %s", params.loadgen_scenario, params.loadgen_mode, bench.count,
+             bench.backend.providers)
+    config = params.loadgen_config
+    warmup = _warm_up(bench.backend, bench.load, bench.count, params)
+    if config.mode != "AccuracyOnly":
+        config, calibration = calibrate(config, bench.backend, bench.load, bench.count, params.loadgen_concurrency)
+    else:
+        calibration = None
+    passes = _planned_passes(config, params.loadgen_compliance_test)
+    flat = len(passes) == 1 and not params.loadgen_compliance_test
+    outcomes = {p.mode: _run_pass(bench, p, log_dir, "" if flat else PASS_FOLDERS[p.mode]) for p in passes}
+    verdict = _compliance(bench, config, outcomes, log_dir) if params.loadgen_compliance_test else None
+    for outcome in outcomes.values():
+        notes += _output_verdict(outcome.sut.outputs, spec, params.tolerate_bad_outputs)
+    scored = outcomes.get("AccuracyOnly")
+    timed = next((o for m, o in outcomes.items() if m != "AccuracyOnly"), scored)
+    accuracy = scored.accuracy if scored else None
+    throughput, source = _throughput(timed.summary, timed.sut)
+    metric, value = timed.summary.performance
+    return BenchmarkResult(
+        run_id=run_id, run_dir=redact_text(run_uri), model_name=spec.name, stand_in=model.stand_in,
+        model_md5=model.md5, model_source=redact_text(model.source), dataset=redact_text(manifest.source),
+        dataset_size=manifest.size, dataset_digest=manifest.digest, scenario=config.scenario,
+        mode=params.loadgen_mode, providers=list(bench.backend.providers), mAP=accuracy.mAP if accuracy else None,
+        coco_stats=accuracy.stats if accuracy else None, samples_per_second=throughput,
+        samples_per_second_source=source, validity=timed.summary.validity, latency_ns=timed.summary.latency_ns,
+        performance_metric=metric, performance=value,
+        effective_settings=timed.summary.effective_settings, loadgen_profile=config.profile,
+        loadgen_errors=[e for o in outcomes.values() for e in o.summary.errors], started=started,
+        duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
+        output_problems=_problem_counts(outcomes.values()), notes=notes, warmup=warmup.to_json(),
+        loadgen=timed.summary.to_json(), calibration=calibration.to_json() if calibration else None,
+        compliance=verdict, log_files=_log_files(log_dir),
+    )
+
+
+def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel, storage: Storage) -> _Bench:
+    """The model session, the annotations and the sample loader every pass of the run uses."""
+    spec = params.spec
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     backend = OnnxBackend(model_bytes(model, storage), spec, params.execution_device, params.cpu_threads)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
-    # LoadGen's untimed load step: each sample verified, and recomputed when missing or corrupt
-    def load(i: int):
+
+    def load(i: int):  # LoadGen's untimed load step: each sample verified, recomputed when missing or corrupt
         return to_model_input(load_sample(storage, images[i], spec.resolution), spec)
 
-    library = SampleLibrary(len(images), load)
-    sut = DetectionSUT(backend, library, spec, workers=params.loadgen_concurrency)
-    notes = _notes(spec, config.mode)
-    for note in notes:
-        log.warning("%s", note)
-    log.info("LoadGen %s %s over %d samples on %s", config.scenario, config.mode, len(images), backend.providers)
-    warmup = _warm_up(backend, load, len(images), params)
-    run_loadgen(sut, config, spec.loadgen_model, log_dir)
-    notes += _output_verdict(sut.outputs, spec, params.tolerate_bad_outputs)
-    summary = summarize(log_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
-    accuracy = _accuracy(log_dir, annotations, len(images), spec) if config.mode == "AccuracyOnly" else None
-    throughput, source = _throughput(summary, sut)
-    metric, value = summary.performance
-    return BenchmarkResult(
-        run_id=run_id, run_dir=redact_text(run_uri), model_name=spec.name, stand_in=model.stand_in,
-        model_md5=model.md5, model_source=redact_text(model.source), dataset=redact_text(manifest.source),
-        dataset_size=manifest.size,
-        dataset_digest=manifest.digest, scenario=config.scenario, mode=config.mode,
-        providers=list(backend.providers), mAP=accuracy.mAP if accuracy else None,
-        coco_stats=accuracy.stats if accuracy else None, samples_per_second=throughput,
-        samples_per_second_source=source, validity=summary.validity, latency_ns=summary.latency_ns,
-        performance_metric=metric, performance=value,
-        effective_settings=summary.effective_settings, loadgen_profile=config.profile,
-        loadgen_errors=summary.errors, started=started,
-        duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
-        output_problems=sut.outputs.counts(), notes=notes, warmup=warmup.to_json(),
-    )
+    return _Bench(params, spec, backend, load, len(images), annotations)
+
+
+def _planned_passes(config: LoadGenConfig, compliance_test: str | None) -> list[LoadGenConfig]:
+    """The LoadGen tests to run, accuracy first: the mode's own, plus those a compliance test compares against."""
+    passes = {p.mode: p for p in config.passes()}
+    for mode in compliance.reference_modes(compliance_test) if compliance_test else ():
+        passes.setdefault(mode, replace(config, mode=mode))
+    return sorted(passes.values(), key=lambda p: p.mode != "AccuracyOnly")
+
+
+def _run_pass(bench: _Bench, config: LoadGenConfig, log_dir: Path, folder: str,
+              audit_config: Path | None = None) -> _Pass:
+    """One LoadGen test with its logs in log_dir/folder, summarized (and scored in AccuracyOnly)."""
+    pass_dir = log_dir / folder
+    sut = bench.sut()
+    run_loadgen(sut, config, bench.spec.loadgen_model, pass_dir, audit_config)
+    summary = summarize(pass_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
+    accuracy = (_accuracy(pass_dir, bench.annotations, bench.count, bench.spec)
+                if config.mode == "AccuracyOnly" and audit_config is None else None)
+    return _Pass(folder, summary, sut, accuracy)
+
+
+def _compliance(bench: _Bench, config: LoadGenConfig, outcomes: dict[str, _Pass], log_dir: Path) -> dict[str, Any]:
+    """The compliance test's audit pass (its audit.config applied) and its verdict against the reference passes."""
+    test = bench.params.loadgen_compliance_test
+    audit_dir = compliance.audit_dir(log_dir, test)
+    audit_config = compliance.write_audit_config(audit_dir, test, bench.spec.loadgen_model)
+    audited = replace(config, mode="PerformanceOnly")
+    _run_pass(bench, audited, log_dir, str(compliance.audit_performance_dir(log_dir, test).relative_to(log_dir)),
+              audit_config)
+    references = {mode: log_dir / outcome.folder for mode, outcome in outcomes.items()}
+    verdict = compliance.verify(test, references, audit_dir, config.scenario).to_json()
+    # its paths relative to the run's folder (which may be a temporary copy of a remote one)
+    return json.loads(json.dumps(verdict).replace(f"{log_dir}/", ""))
+
+
+def _problem_counts(outcomes: Iterable[_Pass]) -> dict[str, int]:
+    """Bad-output counts summed over the passes."""
+    total: Counter[str] = Counter()
+    for outcome in outcomes:
+        total.update(outcome.sut.outputs.counts())
+    return dict(total)
+
+
+def _log_files(log_dir: Path) -> list[str]:
+    """Every file the run's LoadGen tests left, relative to the run's folder."""
+    return sorted(str(p.relative_to(log_dir)) for p in log_dir.rglob("*") if p.is_file())
 
 
 def _warm_up(backend: OnnxBackend, load, count: int, params: BenchmarkParams) -> Warmup:
-    """The untimed warm-up before a PerformanceOnly test (none for AccuracyOnly, which is not timed)."""
-    if params.loadgen_mode != "PerformanceOnly":
+    """The untimed warm-up before a timed test (none for AccuracyOnly, which is not timed)."""
+    if params.loadgen_mode == "AccuracyOnly":
         return Warmup()
     return warm_up(backend, load, count, params.loadgen_warmup_samples)
 
@@ -220,10 +324,12 @@ def _accuracy(log_dir: Path, annotations: dict, expected: int, spec: ModelSpec) 
 
 
 def _throughput(summary: LoadGenSummary, sut: DetectionSUT) -> tuple[float | None, str | None]:
+    """LoadGen's samples/s; where it reports none (AccuracyOnly, MultiStream), the SUT's own, labelled so."""
     if summary.samples_per_second is not None:
         return summary.samples_per_second, "loadgen"
     measured = sut.throughput()
-    return (round(measured, 3), ACCURACY_PASS_THROUGHPUT) if measured else (None, None)
+    label = ACCURACY_PASS_THROUGHPUT if summary.mode == "AccuracyOnly" else SUT_THROUGHPUT.format(summary.scenario)
+    return (round(measured, 3), label) if measured else (None, None)
 
 
 def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> BenchmarkResult:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from odbench.loadgen_settings import LoadGenConfig
+from odbench.loadgen_settings import LOADGEN_MODES, LoadGenConfig
 from odbench.sut import DetectionSUT
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ def run_loadgen(sut: DetectionSUT, config: LoadGenConfig, model_key: str, log_di
     (odbench/compliance.py), which LoadGen applies over every other setting; None: no audit."""
     import mlperf_loadgen as lg
 
+    if config.mode not in LOADGEN_MODES:
+        raise ValueError(f"{config.mode} is no LoadGen test mode: run each of its tests (LoadGenConfig.passes())")
     log_dir.mkdir(parents=True, exist_ok=True)
     user_conf = log_dir / "user.conf"
     library = sut.library

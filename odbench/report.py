@@ -40,6 +40,37 @@ def warmup_text(result: BenchmarkResult) -> str:
     return f"{samples} inferences in {result.warmup.get('seconds', 0.0):.3f} s (untimed)" if samples else "none"
 
 
+def calibration_text(result: BenchmarkResult) -> str:
+    """`loadgen_target_qps = 310.5 (calibrated: 1.5 × 1 in flight / median latency (...))`, or `given`."""
+    c = result.calibration
+    return f"{c['setting']} = {c['value']:g} (calibrated: {c['basis']})" if c else "given (or untimed)"
+
+
+def compliance_text(result: BenchmarkResult) -> str:
+    """`TEST01 PASS`, `TEST04 FAIL (why)`, or `none`."""
+    c = result.compliance
+    if not c:
+        return "none"
+    if c["passed"]:
+        return f"{c['test']} PASS"
+    accuracy, performance = c.get("accuracy"), c["performance"]
+    reasons = [*c["audit_config_problems"]]
+    if accuracy and not accuracy["passed"]:
+        reasons.append(f"{accuracy['num_perf_log_data_mismatch']} sampled response(s) differ from the accuracy run")
+    if not performance["passed"]:
+        reasons.append(performance["failure"] or "performance outside the tolerance")
+    return f"{c['test']} FAIL ({'; '.join(reasons)})"
+
+
+def performance_text(result: BenchmarkResult) -> str:
+    """The scenario's headline metric and its value (latencies in ms), or `n/a`."""
+    if result.performance is None:
+        return "n/a"
+    if "(ns)" in result.performance_metric:
+        return f"{result.performance_metric.replace('(ns)', '(ms)')} {result.performance / 1e6:.3f}"
+    return f"{result.performance_metric} {result.performance:.3f}"
+
+
 def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
     """The headline metrics as table rows of JSON types (Prefect table artifacts need that)."""
     rows: list[tuple[str, Any]] = [
@@ -53,7 +84,11 @@ def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
         ("mAP (%)", result.mAP),
         ("samples_per_second", result.samples_per_second),
         ("samples_per_second_source", result.samples_per_second_source),
+        ("performance", performance_text(result)),
         ("result_validity", result.validity),
+        ("invalid_reason", result.loadgen.get("invalid_reason") or None),
+        ("target", calibration_text(result)),
+        ("compliance", compliance_text(result)),
         *((f"latency_{k}_ms", _latency_ms(result, k)) for k in ("p50", "p90", "p99")),
         ("warmup", warmup_text(result)),
         ("output_problems", problems_text(result)),
@@ -97,9 +132,14 @@ def terminal_summary(result: BenchmarkResult) -> str:
         + (f"  ({result.samples_per_second_source})" if result.samples_per_second_source else ""),
     ]
     if result.validity:
-        lines.append(f"result       {result.validity}; p90 latency {_fmt(_latency_ms(result, 'p90'), ' ms')}")
-    if result.mode == "PerformanceOnly":
+        reason = result.loadgen.get("invalid_reason")
+        lines.append(f"result       {result.validity}" + (f" ({reason})" if reason else ""))
+        lines.append(f"performance  {performance_text(result)}")
+    if result.mode != "AccuracyOnly":
         lines.append(f"warm-up      {warmup_text(result)}")
+        lines.append(f"target       {calibration_text(result)}")
+    if result.compliance:
+        lines.append(f"compliance   {compliance_text(result)}")
     if result.output_problems:
         lines.append(f"outputs      detections dropped: {problems_text(result)}")
     lines += [f"note         {note}" for note in result.notes]

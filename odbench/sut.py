@@ -1,9 +1,23 @@
 """LoadGen's system under test: the sample library (QSL), the SUT that answers queries, the warm-up.
 
-The SUT takes queries on LoadGen's thread and runs them on a worker pool, answering with
-`QuerySamplesComplete` from the workers; response buffers stay alive until that call returns.
-Nothing may raise into LoadGen's C++ threads (an exception there aborts the process), so every
-callback records its errors and still answers.
+The SUT's threading contract, the same under every scenario:
+- LoadGen calls `issue_queries` on its issue thread (Offline: one query of every sample; SingleStream: one
+  sample, the next once it is answered; MultiStream: one query of N samples, the next once all are answered;
+  Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not). It only
+  hands each sample to a worker pool and returns at once, so Server arrivals are never delayed.
+- `workers` threads (loadgen_concurrency) run one inference each: several samples (of one MultiStream query, or
+  several Server queries) are in flight at once when workers > 1.
+- Each sample is answered by `QuerySamplesComplete` from the worker that ran it; its response buffer is a local
+  of that call's frame, alive until the call returns (LoadGen copies it before returning).
+- Every sample is answered exactly once, whatever happens: a failed inference is recorded in `errors` and
+  answered empty (the run then fails with that error, see odbench/harness.py); after `request_stop` every
+  outstanding and later sample is answered empty at once. Nothing raises into LoadGen's C++ threads (an
+  exception there aborts the process).
+- `flush_queries` is a no-op: LoadGen calls it once it has issued its last query, for SUTs that hold samples
+  back to fill a batch; this one holds none back (each goes to the pool as it arrives), and LoadGen itself waits
+  for every outstanding answer before ending the test.
+Note: in Server LoadGen issues on its own schedule until min_duration (and min_query_count) are reached; a
+stop request answers those queries at once but cannot end the schedule sooner.
 """
 
 from __future__ import annotations
@@ -71,15 +85,22 @@ class DetectionSUT:
         self.errors: list[BaseException] = []
         self.outputs = OutputTally()
         self._lock = threading.Lock()
-        self.completed = 0
+        self.completed = 0  # inferences run (a failed one included)
         self.busy_s = 0.0  # summed over workers: time spent inferring and encoding
         self.stopping = False  # a plain flag: set from a signal handler
+        self.issued = 0  # samples LoadGen handed over
+        self.answered = 0  # samples answered (QuerySamplesComplete returned)
+        self.in_flight = 0  # inferences running now
+        self.peak_in_flight = 0  # the most inferences that ran at once
 
     def request_stop(self) -> None:
         """Answer every outstanding and later query at once, empty, so LoadGen ends its test."""
         self.stopping = self.library.stopping = True
 
     def issue_queries(self, samples) -> None:
+        """LoadGen's issue callback (its issue thread): each sample to the worker pool, none held back."""
+        with self._lock:
+            self.issued += len(samples)
         done = 0
         try:
             for sample in samples:
@@ -93,12 +114,16 @@ class DetectionSUT:
             self._complete_empty([s.id for s in samples[done:]])
 
     def flush_queries(self) -> None:
-        pass
+        """Nothing to flush: no sample is ever held back (see the module docstring)."""
 
     def _run_one(self, sample_id: int, qsl_idx: int) -> None:
+        """One sample on a worker thread: infer, answer, count."""
         if self.stopping:
             self._complete_empty([sample_id])
             return
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         start = time.perf_counter()
         try:
             rows = self._detect(qsl_idx)
@@ -107,6 +132,7 @@ class DetectionSUT:
             rows = _NO_ROWS
         self._complete(sample_id, rows)
         with self._lock:
+            self.in_flight -= 1
             self.completed += 1
             self.busy_s += time.perf_counter() - start
 
@@ -127,6 +153,8 @@ class DetectionSUT:
             lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)])
         except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
             self._record(err)
+            return
+        self._count_answers(1)
 
     def _complete_empty(self, sample_ids: list[int]) -> None:
         try:
@@ -135,6 +163,12 @@ class DetectionSUT:
             lg.QuerySamplesComplete([lg.QuerySampleResponse(i, _EMPTY.ctypes.data, 0) for i in sample_ids])
         except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
             self._record(err)
+            return
+        self._count_answers(len(sample_ids))
+
+    def _count_answers(self, count: int) -> None:
+        with self._lock:
+            self.answered += count
 
     def _record(self, err: BaseException) -> None:
         with self._lock:

@@ -196,7 +196,8 @@ def test_flow_takes_the_axs_aliases_and_rejects_a_contradiction(prefect_api, tmp
     from flows.detect import detect
 
     common = dict(model_name="retinanet", loadgen_dataset_size=4, model_url="standin", dataset_url=str(synthetic_dir),
-                  storage_url=str(tmp_path / "store"), loadgen_scenario="SingleStream", loadgen_mode="PerformanceOnly")
+                  storage_url=str(tmp_path / "store"), loadgen_scenario="SingleStream", loadgen_mode="PerformanceOnly",
+                  loadgen_target_latency=10.0)  # a given target: two calibrations would differ
     by_alias = detect(**common, loadgen_query_count=8)
     by_ours = detect(**common, loadgen_count_override=8)
     assert by_alias["effective_settings"] == by_ours["effective_settings"]

@@ -16,6 +16,8 @@ from odbench.loadgen_settings import (
     PUBLISHED_VALUES,
     QUICK_MIN_DURATION_S,
     QUICK_MIN_QUERY_COUNT,
+    QUICK_MULTI_STREAM_LATENCY_MS,
+    QUICK_SERVER_QPS,
     QUICK_SINGLE_STREAM_LATENCY_MS,
     LoadGenConfig,
 )
@@ -85,10 +87,16 @@ def test_quick_performance_run_takes_seconds(synthetic_dir, profile_storage, mod
     effective = result.effective_settings
     assert result.loadgen_profile == "quick" and result.loadgen_errors == []
     assert effective["min_duration_ms"] == QUICK_MIN_DURATION_S * 1000
-    key = "min_sample_count" if scenario == "Offline" else "min_query_count"
-    assert effective[key] == QUICK_MIN_QUERY_COUNT
-    if scenario == "SingleStream":
-        assert effective["target_qps"] == 1000 / QUICK_SINGLE_STREAM_LATENCY_MS
+    # the target the user left unset is measured (odbench/calibration.py), not the quick profile's constant
+    calibrated = result.calibration
+    if scenario == "Offline":  # one query of max(min_query_count, 1.1 x duration x target) samples
+        assert calibrated["setting"] == "loadgen_target_qps" and effective["target_qps"] == calibrated["value"]
+        assert effective["min_sample_count"] == max(QUICK_MIN_QUERY_COUNT,
+                                                    int(1.1 * QUICK_MIN_DURATION_S * calibrated["value"]))
+    else:
+        assert effective["min_query_count"] == QUICK_MIN_QUERY_COUNT
+        assert calibrated["setting"] == "loadgen_target_latency"
+        assert effective["target_qps"] == pytest.approx(1000 / calibrated["value"], rel=1e-4)  # LoadGen logs 6 digits
     assert result.validity in ("VALID", "INVALID") and result.performance is not None
     assert result.samples_per_second > 0
 
@@ -103,6 +111,15 @@ def test_quick_leaves_what_the_user_set():
     assert "min_query_count = 10\n" in counted and "min_duration = 0\n" in counted
     # the quick profile plans few samples: no memory-bound error for a SingleStream run without a latency
     assert LoadGenConfig(scenario="SingleStream", mode="PerformanceOnly", profile="quick").planned_samples()[0] == 8000
+    # without calibration (a LoadGenConfig used directly), the quick targets size each scenario's test
+    single = LoadGenConfig(scenario="SingleStream", profile="quick").user_conf("retinanet", 100)
+    assert f"retinanet.SingleStream.target_latency = {QUICK_SINGLE_STREAM_LATENCY_MS}\n" in single
+    multi = LoadGenConfig(scenario="MultiStream", mode="PerformanceOnly", profile="quick")
+    assert f"MultiStream.target_latency = {QUICK_MULTI_STREAM_LATENCY_MS}\n" in multi.user_conf("retinanet", 8)
+    assert multi.planned_samples()[0] == 2 * QUICK_MIN_DURATION_S * 1000 / QUICK_MULTI_STREAM_LATENCY_MS * 8
+    server = LoadGenConfig(scenario="Server", mode="PerformanceOnly", profile="quick")
+    assert f"retinanet.Server.target_qps = {QUICK_SERVER_QPS}\n" in server.user_conf("retinanet", 8)
+    assert server.planned_samples()[0] == QUICK_SERVER_QPS * QUICK_MIN_DURATION_S
 
 
 def test_an_unknown_profile_lists_the_valid_ones(capsys):
