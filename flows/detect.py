@@ -25,7 +25,7 @@ from odbench.model_store import STANDIN, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
 from odbench.params import BenchmarkParams
-from odbench.preprocess import preprocessed_files
+from odbench.preprocess import ResizeDtype, preprocessed_files
 from odbench.redact import redact_text, redact_url
 from odbench.storage import Storage
 from tasks.data import download_dataset, preprocess_images
@@ -80,6 +80,7 @@ def detect(
     loadgen_multistreamness: int | None = D.loadgen_multistreamness,
     loadgen_compliance_test: ComplianceTest | None = D.loadgen_compliance_test,
     loadgen_concurrency: int = D.loadgen_concurrency,
+    preprocess_resize_dtype: ResizeDtype = D.preprocess_resize_dtype,
     loadgen_warmup_samples: int = D.loadgen_warmup_samples,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
@@ -130,6 +131,8 @@ def detect(
             loadgen_mode PerformanceOnly or Submission.
         loadgen_concurrency: Inferences in flight at once (SUT worker threads); Server and MultiStream need more
             than 1 to overlap queries.
+        preprocess_resize_dtype: float32 resizes as the MLPerf reference does (exact; 4x the stored bytes) or
+            uint8 (up to 0.8 grey level off, a quarter of the bytes); docs/preprocessing.md has the measurement.
         loadgen_warmup_samples: Untimed inferences on loaded samples before a PerformanceOnly test, so a short
             run does not time cuDNN autotuning or an engine build (stops after 10 s); 0: none. The result
             records the warm-up's samples and seconds.
@@ -156,7 +159,8 @@ def detect(
     source = parse_dataset_url(dataset_url, loadgen_dataset_size)
     states: dict[str, str] = {}
 
-    def run(task, *args, outputs: Callable[[Any], Iterable[str]], verify: Callable[[Any], str | None] = _fine):
+    def run(task, *args, outputs: Callable[[Any], Iterable[str]], verify: Callable[[Any], str | None] = _fine,
+            **kwargs):
         """Call a cached task; a cached result whose files storage lost, or whose files fail their
         check (`verify`: None, or what is wrong), is recomputed, not trusted."""
         def call(refresh: bool):
@@ -165,7 +169,7 @@ def detect(
             policy = task.cache_policy.configure(lock_manager=locks, isolation_level="SERIALIZABLE")
             configured = task.with_options(result_storage=result_storage, refresh_cache=refresh or None,
                                            cache_policy=policy)
-            return configured(*args, storage=storage, return_state=True)
+            return configured(*args, **kwargs, storage=storage, return_state=True)
 
         state = call(False)
         if state.name == "Cached" and (problem := _stale(state.result(), storage, outputs, verify)):
@@ -179,7 +183,9 @@ def detect(
                    outputs=lambda m: m.files)
     # this run's source, whichever run's download it reuses (the cache key is content, not the URL)
     manifest = replace(manifest, source=redact_text(source.describe()))
-    run(preprocess_images, manifest, resolution, outputs=lambda _: preprocessed_files(manifest, resolution))
+    dtype = params.preprocess_resize_dtype
+    run(preprocess_images, manifest, resolution, resize_dtype=dtype,
+        outputs=lambda _: preprocessed_files(manifest, resolution, resize_dtype=dtype))
     model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5),
                 outputs=lambda m: m.files, verify=lambda m: check_stored(m, storage))
     model = replace(model, source=redact_url(model_url) or params.spec.url)

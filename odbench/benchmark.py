@@ -229,7 +229,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
 
 def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel, storage: Storage) -> _Bench:
     """The model session, the annotations and the sample loader every pass of the run uses."""
-    spec = params.spec
+    spec, dtype = params.spec, params.preprocess_resize_dtype
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     backend = OnnxBackend(model_bytes(model, storage), spec, params.execution_device, params.cpu_threads)
     images = manifest.images
@@ -237,7 +237,7 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
 
     def load(i: int):  # LoadGen's untimed load step: each sample verified, recomputed when missing or corrupt
-        return to_model_input(load_sample(storage, images[i], spec.resolution), spec)
+        return to_model_input(load_sample(storage, images[i], spec.resolution, resize_dtype=dtype), spec)
 
     return _Bench(params, spec, backend, load, len(images), annotations)
 
@@ -339,7 +339,8 @@ def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> Be
         source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size)
         manifest = ingest(source, params.loadgen_dataset_size, storage, LogProgress("download images", log))
     with step("preprocess"):
-        preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log))
+        preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log),
+                   resize_dtype=params.preprocess_resize_dtype)
     with step("fetch-model"):
         model = fetch_model(params.spec, params.model_url, params.model_md5, storage)
     with step("inference"):

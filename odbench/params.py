@@ -15,6 +15,7 @@ from odbench.backend import DEVICES, ExecutionDevice
 from odbench.compliance import COMPLIANCE_TESTS, ComplianceTest
 from odbench.loadgen_settings import LoadGenConfig, Mode, Profile, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
+from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_dtype
 
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
 # the names the current axs workflow uses -> the parameter each is another name for
@@ -44,6 +45,7 @@ class BenchmarkParams:
     loadgen_multistreamness: int | None = None  # MultiStream samples per query (LoadGen's default: 8)
     loadgen_compliance_test: ComplianceTest | None = None  # TEST01, TEST04: with PerformanceOnly or Submission
     loadgen_concurrency: int = 1  # inferences in flight at once (SUT worker threads)
+    preprocess_resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE  # float32: the reference's resize, exactly
     loadgen_warmup_samples: int = 8  # untimed inferences before a PerformanceOnly test (0: none)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
@@ -63,6 +65,7 @@ class BenchmarkParams:
         self.loadgen_config  # scenario, mode, targets, counts and durations
         self._check_unsupported()
         self._check_compliance()
+        check_resize_dtype(self.preprocess_resize_dtype)
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))

@@ -1,14 +1,25 @@
-"""Decode, resize and store images as uint8 samples that verify themselves, and turn them into model inputs.
+"""Decode, resize and store images as samples that verify themselves, and turn them into model inputs.
 
-Stored: `preprocessed/v<version>/<res>/<jpeg md5>.sample`, uint8 HWC RGB, res x res (cv2.resize
-INTER_LINEAR, no crop, aspect ratio not kept: the MLPerf reference). Keyed by the JPEG's content, so
-every N and every source holding the same image shares one file. Normalization to the model's float32
-NCHW happens when LoadGen loads samples (its untimed step): float32 would take 4x the space.
+Two closed ways to resize (`ResizeDtype`; docs/preprocessing.md measures them and says why the
+default, `DEFAULT_RESIZE_DTYPE`, is float32):
+- `float32`: the MLPerf reference's exact steps (`maybe_resize` in MLCommons'
+  vision/classification_and_detection/python/dataset.py, the same for SSD-ResNet34 and RetinaNet):
+  the decoded image converted to float32 *before* cv2.resize; stored as little-endian float32, the
+  resize output bit for bit (4 bytes per value: 4x the space of uint8).
+- `uint8`: cv2.resize of the uint8 image, stored as uint8. OpenCV resizes uint8 in fixed point, so a
+  value is up to 0.8 grey level from the reference's (not 0.5) and darker by ~0.1 on average.
+
+Stored: `preprocessed/v<version>/<res>/<jpeg md5>.sample` (uint8) and
+`preprocessed/v<version>/<res>/float32/<jpeg md5>.sample` (float32): HWC RGB, res x res (INTER_LINEAR,
+no crop, aspect ratio not kept), values 0..255. Keyed by the JPEG's content, so every N and every
+source holding the same image shares one file; the two dtypes never share one. Normalization to the
+model's float32 NCHW (/255, then mean/std in the reference's float32 order) happens when LoadGen loads
+samples (its untimed step), for either dtype.
 
 A sample file is one JSON header line, `{"format", "version", "jpeg_md5", "resolution", "shape",
 "dtype", "sha256"}`, then the raw pixel bytes: data only (never a pickle), and checkable on its own.
-`load_sample` checks that the header names the image and resolution asked for, the byte count and
-the pixels' sha256; a file that fails (truncated, overwritten, another image's sample) is logged,
+`load_sample` checks that the header names the image, resolution and dtype asked for, the byte count
+and the pixels' sha256; a file that fails (truncated, overwritten, another image's sample) is logged,
 removed and recomputed from the stored source image, whose md5 is checked against the manifest.
 
 Before any decoder sees an image, its header gives the pixel size (`odbench.image_header`): above
@@ -22,7 +33,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import cv2
 import numpy as np
@@ -38,6 +49,12 @@ PREPROCESS_VERSION = 3  # bump when the stored bytes would change: it is part of
 SAMPLE_FORMAT = "odbench-sample"
 MAX_HEADER_BYTES = 4096
 
+ResizeDtype = Literal["uint8", "float32"]
+RESIZE_DTYPES: tuple[str, ...] = get_args(ResizeDtype)
+# the reference's exact inputs unless asked otherwise; docs/preprocessing.md has the measurement behind it
+DEFAULT_RESIZE_DTYPE: ResizeDtype = "float32"
+_STORED_DTYPE = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}  # float32: little-endian on every host
+
 
 class CorruptSampleError(ValueError):
     """A stored sample that is not the verified pixels of the image and resolution asked for."""
@@ -51,27 +68,42 @@ class SourceChangedError(ValueError):
     """A stored source image whose bytes no longer match the manifest's md5."""
 
 
-def preprocessed_path(resolution: int, image_md5: str) -> str:
-    return f"preprocessed/v{PREPROCESS_VERSION}/{resolution}/{image_md5}.sample"
+def check_resize_dtype(resize_dtype: str) -> ResizeDtype:
+    """`resize_dtype` if it is one of RESIZE_DTYPES; else a ValueError naming the choices."""
+    if resize_dtype not in RESIZE_DTYPES:
+        raise ValueError(f"resize_dtype={resize_dtype!r} is not a preprocessing resize dtype: use one of "
+                         f"{', '.join(RESIZE_DTYPES)} (docs/preprocessing.md)")
+    return resize_dtype  # type: ignore[return-value]
 
 
-def preprocessed_files(manifest: DatasetManifest, resolution: int) -> tuple[str, ...]:
-    return tuple(preprocessed_path(resolution, im.md5) for im in manifest.images)
+def preprocessed_dir(resolution: int, *, resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> str:
+    """The folder of one resolution's samples: uint8 keeps the original layout, float32 a subfolder."""
+    base = f"preprocessed/v{PREPROCESS_VERSION}/{resolution}"
+    return base if check_resize_dtype(resize_dtype) == "uint8" else f"{base}/{resize_dtype}"
+
+
+def preprocessed_path(resolution: int, image_md5: str, *, resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> str:
+    return f"{preprocessed_dir(resolution, resize_dtype=resize_dtype)}/{image_md5}.sample"
+
+
+def preprocessed_files(manifest: DatasetManifest, resolution: int, *,
+                       resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> tuple[str, ...]:
+    return tuple(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype) for im in manifest.images)
 
 
 @dataclass(frozen=True)
 class PreprocessedSet:
-    """The preprocessed images of a dataset manifest at one resolution."""
+    """The preprocessed images of a dataset manifest at one resolution and resize dtype."""
 
     dataset_digest: str
     resolution: int
     count: int
     created: int  # how many files this call wrote (the rest were already stored)
+    resize_dtype: ResizeDtype = "uint8"  # records written before the float32 path existed were uint8
 
 
-def decode_resize(jpeg: bytes, resolution: int, expected_size: tuple[int, int] | None = None,
-                  name: str = "the image") -> np.ndarray:
-    """Image bytes to uint8 RGB res x res; grayscale and CMYK JPEGs become 3-channel RGB.
+def decode_rgb(jpeg: bytes, expected_size: tuple[int, int] | None = None, name: str = "the image") -> np.ndarray:
+    """Image bytes to uint8 RGB at the image's own size; grayscale and CMYK JPEGs become 3-channel RGB.
 
     The header is read first: an empty or unreadable file, one above the pixel limit, or (given
     `expected_size`, the annotation's (width, height)) one of another size is refused, naming `name`."""
@@ -87,22 +119,46 @@ def decode_resize(jpeg: bytes, resolution: int, expected_size: tuple[int, int] |
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{name}: not a decodable image (its header reads as a {header.format.upper()})")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize(rgb: np.ndarray, resolution: int, resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
+    """uint8 RGB to res x res with cv2 INTER_LINEAR, in `resize_dtype`: float32 converts first, as the
+    reference's `maybe_resize` does (its BGR->RGB swap before or after the cast moves values unchanged)."""
+    if check_resize_dtype(resize_dtype) == "float32":
+        rgb = rgb.astype(np.float32)
     return cv2.resize(rgb, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
 
 
+def decode_resize(jpeg: bytes, resolution: int, expected_size: tuple[int, int] | None = None,
+                  name: str = "the image", *, resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
+    """Image bytes to RGB res x res in `resize_dtype` (values 0..255): `decode_rgb`, then `resize`."""
+    return resize(decode_rgb(jpeg, expected_size, name), resolution, resize_dtype)
+
+
+def _sample_dtype(array: np.ndarray) -> ResizeDtype:
+    """The resize dtype an array's values are in; a TypeError for any other array."""
+    if array.dtype.name not in RESIZE_DTYPES:
+        raise TypeError(f"an array of dtype {array.dtype} is not a preprocessed sample: samples are "
+                        f"{' or '.join(RESIZE_DTYPES)} (decode_resize gives them)")
+    return array.dtype.name  # type: ignore[return-value]
+
+
 def encode_sample(array: np.ndarray, jpeg_md5: str, resolution: int) -> bytes:
-    """A sample file's bytes: the JSON header line, then the pixels."""
-    pixels = np.ascontiguousarray(array, np.uint8).tobytes()
+    """A sample file's bytes: the JSON header line, then the pixels (uint8, or little-endian float32)."""
+    resize_dtype = _sample_dtype(array)
+    pixels = np.ascontiguousarray(array, _STORED_DTYPE[resize_dtype]).tobytes()
     header = {"format": SAMPLE_FORMAT, "version": PREPROCESS_VERSION, "jpeg_md5": jpeg_md5,
-              "resolution": resolution, "shape": list(array.shape), "dtype": "uint8",
+              "resolution": resolution, "shape": list(array.shape), "dtype": resize_dtype,
               "sha256": hashlib.sha256(pixels).hexdigest()}
     return json.dumps(header, sort_keys=True).encode() + b"\n" + pixels
 
 
-def decode_sample(data: bytes, jpeg_md5: str, resolution: int) -> np.ndarray:
-    """The pixels of a sample file, checked to be the image `jpeg_md5` at `resolution`, whole and
-    unaltered; CorruptSampleError says what is wrong."""
+def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
+                  resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
+    """The pixels of a sample file, checked to be the image `jpeg_md5` at `resolution` in `resize_dtype`,
+    whole and unaltered; CorruptSampleError says what is wrong."""
+    stored = _STORED_DTYPE[check_resize_dtype(resize_dtype)]
     end = data.find(b"\n", 0, MAX_HEADER_BYTES)
     try:
         header = json.loads(data[:end]) if end > 0 else None
@@ -112,38 +168,43 @@ def decode_sample(data: bytes, jpeg_md5: str, resolution: int) -> np.ndarray:
         raise CorruptSampleError("it has no sample header (not written by this version, or overwritten)")
     shape = [resolution, resolution, 3]
     expected = {"version": PREPROCESS_VERSION, "jpeg_md5": jpeg_md5, "resolution": resolution, "shape": shape,
-                "dtype": "uint8"}
+                "dtype": resize_dtype}
     if wrong := [f"{key} {header.get(key)!r} (expected {value!r})" for key, value in expected.items()
                  if header.get(key) != value]:
         raise CorruptSampleError(f"its header does not describe this sample: {', '.join(wrong)}")
     pixels = memoryview(data)[end + 1:]
-    if len(pixels) != resolution * resolution * 3:
-        raise CorruptSampleError(f"it holds {len(pixels)} pixel bytes, {resolution * resolution * 3} expected "
-                                 "(truncated?)")
+    size = resolution * resolution * 3 * stored.itemsize
+    if len(pixels) != size:
+        raise CorruptSampleError(f"it holds {len(pixels)} pixel bytes, {size} expected (truncated?)")
     if hashlib.sha256(pixels).hexdigest() != header.get("sha256"):
         raise CorruptSampleError("its pixels do not match their sha256 (altered)")
-    return np.frombuffer(data, np.uint8, count=len(pixels), offset=end + 1).reshape(shape)
+    return np.frombuffer(data, stored, count=resolution * resolution * 3, offset=end + 1).reshape(shape)
 
 
 def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int = 2,
-               progress: Callable[[int, int], None] | None = None) -> PreprocessedSet:
-    """Store every image of the manifest at `resolution`, skipping those already stored (each stored
-    sample is verified when loaded: `load_sample`). Stale temporaries of an interrupted run go first."""
-    storage.remove_stale_temporaries(f"preprocessed/v{PREPROCESS_VERSION}/{resolution}")
-    todo = [im for im in manifest.images if not storage.exists(preprocessed_path(resolution, im.md5))]
+               progress: Callable[[int, int], None] | None = None, *,
+               resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
+    """Store every image of the manifest at `resolution` in `resize_dtype`, skipping those already stored
+    (each stored sample is verified when loaded: `load_sample`). Stale temporaries of an interrupted run
+    of either dtype at this resolution (one folder holds both) go first."""
+    storage.remove_stale_temporaries(preprocessed_dir(resolution, resize_dtype="uint8"))
+    todo = [im for im in manifest.images
+            if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        for done, _ in enumerate(pool.map(lambda im: compute_sample(storage, im, resolution), todo), 1):
+        samples = pool.map(lambda im: compute_sample(storage, im, resolution, resize_dtype=resize_dtype), todo)
+        for done, _ in enumerate(samples, 1):
             if progress:
                 progress(done, len(todo))
     except BaseException:  # Ctrl-C or a bad image: drop the queued images instead of decoding them all first
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return PreprocessedSet(manifest.digest, resolution, manifest.size, len(todo))
+    return PreprocessedSet(manifest.digest, resolution, manifest.size, len(todo), resize_dtype)
 
 
-def compute_sample(storage: Storage, image: DatasetImage, resolution: int) -> np.ndarray:
+def compute_sample(storage: Storage, image: DatasetImage, resolution: int, *,
+                   resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
     """Preprocess one stored source image (its md5 checked against the manifest) and store the sample."""
     data = storage.read_bytes(image.rel)
     name = f"{image.file_name} (image id {image.id}) at {storage.uri(image.rel)}"
@@ -151,38 +212,31 @@ def compute_sample(storage: Storage, image: DatasetImage, resolution: int) -> np
         storage.remove(image.rel)
         raise SourceChangedError(f"{name} has md5 {md5}, the manifest says {image.md5}: the stored file was "
                                  "altered, so it was removed; run again to fetch it anew")
-    array = decode_resize(data, resolution, (image.width, image.height), name)
-    storage.write_bytes(preprocessed_path(resolution, image.md5), encode_sample(array, image.md5, resolution))
+    array = decode_resize(data, resolution, (image.width, image.height), name, resize_dtype=resize_dtype)
+    storage.write_bytes(preprocessed_path(resolution, image.md5, resize_dtype=resize_dtype),
+                        encode_sample(array, image.md5, resolution))
     return array
 
 
-def load_sample(storage: Storage, image: DatasetImage, resolution: int) -> np.ndarray:
-    """The verified uint8 RGB sample of `image` at `resolution` (read-only). A stored file that fails
-    verification, or is missing, is logged, removed and recomputed from the stored source image."""
-    rel = preprocessed_path(resolution, image.md5)
+def load_sample(storage: Storage, image: DatasetImage, resolution: int, *,
+                resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
+    """The verified RGB sample of `image` at `resolution` in `resize_dtype` (read-only). A stored file that
+    fails verification, or is missing, is logged, removed and recomputed from the stored source image."""
+    rel = preprocessed_path(resolution, image.md5, resize_dtype=resize_dtype)
     try:
-        return decode_sample(storage.read_bytes(rel), image.md5, resolution)
+        return decode_sample(storage.read_bytes(rel), image.md5, resolution, resize_dtype=resize_dtype)
     except FileNotFoundError:
         log.warning("%s is missing; recomputing it from %s", storage.uri(rel), image.file_name)
     except CorruptSampleError as err:
         log.warning("%s: %s; removing it and recomputing it from %s", storage.uri(rel), err, image.file_name)
         storage.remove(rel)
-    return compute_sample(storage, image, resolution)
-
-
-def load_uint8(storage: Storage, resolution: int, image_md5: str) -> np.ndarray:
-    """Deprecated (use load_sample, which also recomputes): the verified sample, or CorruptSampleError
-    naming the file, which is removed so that the next preprocessing step writes it again."""
-    rel = preprocessed_path(resolution, image_md5)
-    try:
-        return decode_sample(storage.read_bytes(rel), image_md5, resolution)
-    except CorruptSampleError as err:
-        storage.remove(rel)
-        raise CorruptSampleError(f"{storage.uri(rel)}: {err}; removed it: run again to recompute it") from None
+    return compute_sample(storage, image, resolution, resize_dtype=resize_dtype)
 
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """uint8 HWC RGB to the model's float32 [1,3,R,R]: /255, then mean/std where the spec says."""
+    """An HWC RGB array in grey levels (a uint8 or float32 sample) to the model's float32 [1,3,R,R]: /255,
+    then (x - mean) / std where the spec says, in float32 and in the reference's order, so a float32
+    sample gives the reference's input bit for bit."""
     x = rgb.astype(np.float32) / np.float32(255)
     if spec.mean is not None and spec.std is not None:
         x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)

@@ -4,7 +4,8 @@ Layout (the same on every backend):
 
     sources/<md5>/<name>                  fetched files (archives, annotations, images), by content
     models/<model_name>/<md5>/<file>.onnx model files, real or stand-in, by content
-    preprocessed/v<n>/<res>/<image md5>.sample uint8 HWC RGB at res x res (self-verifying), shared by N and source
+    preprocessed/v<n>/<res>/float32/<image md5>.sample float32 HWC RGB at res x res, the reference's resize (default)
+    preprocessed/v<n>/<res>/<image md5>.sample uint8 (preprocess_resize_dtype=uint8); both self-verifying, shared
     datasets/<digest>.json                dataset manifests (the first N images of a source)
     synthetic/seed-<s>-n-<n>/             generated COCO-layout datasets
     runs/<run id>/                        LoadGen logs, user.conf, result.json

@@ -1,4 +1,8 @@
-"""Tasks that bring COCO into storage and preprocess it at a model's resolution."""
+"""Tasks that bring COCO into storage and preprocess it at a model's resolution and resize dtype.
+
+The preprocess key hashes the resize dtype with the rest, so the two paths' records never mix; its
+readable selector stays the resolution alone (`odbench-preprocess-800-<md5>`), so clean-up of the 800 px
+folder, which holds both dtypes' samples, takes both dtypes' records as one group."""
 
 from __future__ import annotations
 
@@ -11,7 +15,14 @@ from prefect.logging import get_run_logger
 from odbench import dataset
 from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest, DatasetSource
-from odbench.preprocess import PREPROCESS_VERSION, PreprocessedSet, preprocess
+from odbench.preprocess import (
+    DEFAULT_RESIZE_DTYPE,
+    PREPROCESS_VERSION,
+    PreprocessedSet,
+    ResizeDtype,
+    check_resize_dtype,
+    preprocess,
+)
 from odbench.progress import LogProgress
 from odbench.redact import redact_text, redact_url
 from odbench.storage import Storage
@@ -23,8 +34,9 @@ def _download_key(_: TaskRunContext, p: dict) -> str:
 
 
 def _preprocess_key(_: TaskRunContext, p: dict) -> str:
+    resize_dtype = check_resize_dtype(p.get("resize_dtype", DEFAULT_RESIZE_DTYPE))
     return cache_key("preprocess", (p["resolution"],), p["storage"].url, p["manifest"].digest, p["resolution"],
-                     PREPROCESS_VERSION)
+                     PREPROCESS_VERSION, resize_dtype)
 
 
 class _Progress(LogProgress):
@@ -52,8 +64,11 @@ def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str,
 
 @task(name="preprocess", cache_policy=CachePolicy.from_cache_key_fn(_preprocess_key), persist_result=True,
       result_serializer=DataSerializer())
-def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Storage) -> PreprocessedSet:
-    """Every image of the manifest as uint8 RGB at resolution x resolution, in storage."""
-    done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px"))
-    get_run_logger().info("%d images at %dpx (%d new)", done.count, resolution, done.created)
+def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Storage,
+                      resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
+    """Every image of the manifest as RGB at resolution x resolution, resized in `resize_dtype`
+    (odbench.preprocess: uint8, or float32 as the MLPerf reference does), in storage."""
+    done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px {resize_dtype}"),
+                      resize_dtype=resize_dtype)
+    get_run_logger().info("%d images at %dpx, %s (%d new)", done.count, resolution, resize_dtype, done.created)
     return done

@@ -34,7 +34,7 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     if params.loadgen_mode != "AccuracyOnly":
         return None
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
-                     p["manifest"].digest, PREPROCESS_VERSION, ENCODING_VERSION, repr(params.loadgen_config),
+                     p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION, repr(params.loadgen_config),
                      params.execution_device.lower(), params.cpu_threads, params.tolerate_bad_outputs, _engine())
 
 

@@ -64,7 +64,7 @@ def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_
               for e in json.loads(accuracy_log.read_text())}
     for idx, image in enumerate(images):
         rgb = cv2.cvtColor(cv2.imread(str(coco_dir / "val2017" / image["file_name"])), cv2.COLOR_BGR2RGB)
-        x = cv2.resize(rgb, (1200, 1200), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+        x = cv2.resize(rgb.astype(np.float32), (1200, 1200), interpolation=cv2.INTER_LINEAR) / 255  # the reference
         x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
         bboxes, labels, scores = session.run(["bboxes", "labels", "scores"], {"image": x.transpose(2, 0, 1)[None]})
         assert labels[0].min() >= 1 and labels[0].max() <= 80  # contiguous: what --use-inv-map expects
