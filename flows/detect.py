@@ -64,7 +64,7 @@ def detect(
     batch_size: int = D.batch_size,
     verbosity: int = D.verbosity,
     loadgen_dataset_size: int = D.loadgen_dataset_size,
-    loadgen_buffer_size: int = D.loadgen_buffer_size,
+    loadgen_buffer_size: int | None = D.loadgen_buffer_size,
     loadgen_scenario: Scenario = D.loadgen_scenario,
     loadgen_mode: Mode = D.loadgen_mode,
     loadgen_profile: Profile = D.loadgen_profile,
@@ -100,7 +100,8 @@ def detect(
         batch_size: Samples per inference; the official model files take 1.
         verbosity: Log detail of the benchmark core: 0 warnings only, 1-2 progress, 3 debug.
         loadgen_dataset_size: N, the first N images of the annotation file (MLPerf's qsl_idx order).
-        loadgen_buffer_size: LoadGen's performance sample count: samples held in memory for timed queries.
+        loadgen_buffer_size: LoadGen's performance sample count: samples held in memory for timed queries
+            (unset: the profile's, official 64 as MLPerf sets it for both models, quick 8 as axs had it).
         loadgen_scenario: The LoadGen scenario: Offline (one query of all samples; throughput), SingleStream (one
             sample per query, the next after the last answer; p90 latency), MultiStream (loadgen_multistreamness
             samples per query; p99 query latency) or Server (single-sample queries at Poisson arrivals of

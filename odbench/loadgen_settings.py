@@ -45,6 +45,9 @@ OFFICIAL_SINGLE_STREAM_LATENCY_MS = 10.0
 # (retinanet's is 24576; an unlisted model gets LoadGen's default). v2.0's `*.SingleStream.min_query_count =
 # 1024` is left out: current LoadGen dropped it for every model (early stopping). The user's options, and
 # loadgen_buffer_size's performance_sample_count_override, still override these (they are per-scenario keys).
+# loadgen_buffer_size when unset: official, the performance sample count MLPerf sets for both our models (retinanet's
+# mlperf.conf line, ssd-resnet34's published one); quick, the axs workflow's default (fewer samples to load)
+PERFORMANCE_SAMPLE_COUNT = {"official": 64, "quick": 8}
 PUBLISHED_VALUES: dict[str, dict[str, float]] = {
     "ssd-resnet34": {
         "*.performance_sample_count_override": 64,
@@ -86,7 +89,7 @@ class LoadGenConfig:
 
     scenario: str = "Offline"
     mode: str = "AccuracyOnly"
-    buffer_size: int = 8  # performance sample count
+    buffer_size: int | None = None  # performance sample count; None: the profile's (PERFORMANCE_SAMPLE_COUNT)
     target_qps: float | None = None  # Offline: expected samples/s; Server: Poisson arrival rate
     target_latency_ms: float | None = None  # SingleStream/MultiStream: expected latency; Server: the p99 bound
     count_override: int | None = None
@@ -198,8 +201,9 @@ class LoadGenConfig:
                 f"for an exact count")
 
     def performance_count(self, total_count: int) -> int:
-        """Samples LoadGen keeps loaded in performance mode: the buffer size, at most the dataset."""
-        return min(self.buffer_size, total_count)
+        """Samples LoadGen keeps loaded in performance mode: the buffer size (unset: the profile's), at most the
+        dataset."""
+        return min(self.buffer_size or PERFORMANCE_SAMPLE_COUNT[self.profile], total_count)
 
     def quick_minimums(self) -> dict[str, float]:
         """The `quick` profile's user.conf values (min_duration and target_latency in ms, target_qps) for what

@@ -29,7 +29,7 @@ class BenchmarkParams:
     batch_size: int = 1
     verbosity: int = 2  # 0: warnings only, 1-2: progress, 3: debug
     loadgen_dataset_size: int = 20
-    loadgen_buffer_size: int = 8
+    loadgen_buffer_size: int | None = None  # None: the profile's (official 64, quick 8)
     loadgen_scenario: Scenario = "Offline"
     loadgen_mode: Mode = "AccuracyOnly"
     loadgen_profile: Profile = "official"  # official: mlperf.conf + published per-model values; quick: seconds
@@ -116,7 +116,7 @@ class BenchmarkParams:
         allowed = int(ram * BUFFER_RAM_SHARE) // sample if ram else count
         if count > allowed:
             raise bounds.ParameterRangeError(
-                f"loadgen_buffer_size={self.loadgen_buffer_size} keeps {count} samples of {sample / 1e6:.1f} MB "
+                f"loadgen_buffer_size={self.loadgen_buffer_size or count} keeps {count} samples of {sample / 1e6:.1f} MB "
                 f"({count * sample / 1e9:.1f} GB) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
                 f"{ram / 1e9:.1f} GB of memory: use loadgen_buffer_size={max(1, allowed)} or less")
 

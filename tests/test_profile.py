@@ -64,7 +64,8 @@ def test_official_user_conf_has_the_published_ssd_resnet34_values_and_user_optio
     assert "ssd-resnet34.Offline.performance_sample_count_override = 8\n" in conf  # the exact key wins in LoadGen
     user = LoadGenConfig(scenario="Offline", min_query_count=50).user_conf("ssd-resnet34", 100)
     assert "ssd-resnet34.Offline.min_query_count = 50\n" in user and "24576" not in user  # one line per key
-    assert LoadGenConfig().user_conf("retinanet", 100) == "retinanet.Offline.performance_sample_count_override = 8\n"
+    assert LoadGenConfig().user_conf("retinanet", 100) == "retinanet.Offline.performance_sample_count_override = 64\n"
+    assert "performance_sample_count_override = 8\n" in LoadGenConfig(profile="quick").user_conf("retinanet", 100)
     assert "64" not in LoadGenConfig(profile="quick").user_conf("ssd-resnet34", 100)  # quick: none of them
     assert set(PUBLISHED_VALUES) == {"ssd-resnet34"}
 
