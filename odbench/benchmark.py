@@ -272,8 +272,26 @@ def _compliance(bench: _Bench, config: LoadGenConfig, outcomes: dict[str, _Pass]
               audit_config)
     references = {mode: log_dir / outcome.folder for mode, outcome in outcomes.items()}
     verdict = compliance.verify(test, references, audit_dir, config.scenario).to_json()
+    if test == "TEST01":
+        _score_sampled_logs(bench, audit_dir / "accuracy")
     # its paths relative to the run's folder (which may be a temporary copy of a remote one)
     return json.loads(json.dumps(verdict).replace(f"{log_dir}/", ""))
+
+
+def _score_sampled_logs(bench: _Bench, folder: Path) -> None:
+    """TEST01's accuracy/ as MLCommons' checker expects it: the accuracy script's mAP line for the sampled log
+    (accuracy.txt), and after a mismatch also for the audit log and its baseline (compliance_accuracy.txt,
+    baseline_accuracy.txt)."""
+    texts = {"mlperf_log_accuracy.json": ("accuracy.txt",)}
+    if (folder / compliance.BASELINE_LOG).exists():
+        texts = {"mlperf_log_accuracy.json": ("accuracy.txt", "compliance_accuracy.txt"),
+                 compliance.BASELINE_LOG: ("baseline_accuracy.txt",)}
+    for log_name, text_names in texts.items():
+        decoded = decode_accuracy_log(folder / log_name)
+        line = (f"mAP={evaluate(decoded, bench.annotations, bench.spec.uses_inverse_map).mAP:.3f}%\n" if decoded
+                else "mAP=n/a (the log holds no sampled responses)\n")
+        for name in text_names:
+            (folder / name).write_text(line)
 
 
 def _problem_counts(outcomes: Iterable[_Pass]) -> dict[str, int]:

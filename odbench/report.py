@@ -58,7 +58,11 @@ def compliance_text(result: BenchmarkResult) -> str:
     if accuracy and not accuracy["passed"]:
         reasons.append(f"{accuracy['num_perf_log_data_mismatch']} sampled response(s) differ from the accuracy run")
     if not performance["passed"]:
-        reasons.append(performance["failure"] or "performance outside the tolerance")
+        scores = (f"audit {performance['audit_score']:g} vs reference {performance['reference_score']:g} "
+                  f"{performance['metric']}, tolerance {performance['threshold']:.0%}"
+                  if performance["audit_score"] and performance["reference_score"] and performance["threshold"]
+                  else "")
+        reasons.append("; ".join(r for r in (performance["failure"], scores) if r) or "performance out of tolerance")
     return f"{c['test']} FAIL ({'; '.join(reasons)})"
 
 

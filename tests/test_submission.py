@@ -75,5 +75,6 @@ def test_a_compliance_test_runs_its_reference_passes_and_reports_a_verdict(synth
     if test == "TEST01":  # the honest SUT's sampled responses equal its accuracy run's: deterministic
         assert verdict["accuracy"]["passed"] and verdict["accuracy"]["num_perf_log_data_mismatch"] == 0
         assert "TEST PASS" in (run_dir / audit / "verify_accuracy.txt").read_text()
+        assert (run_dir / audit / "accuracy/accuracy.txt").read_text().startswith("mAP=")  # the script's line
         assert result.mAP is not None  # the accuracy pass TEST01 compares against is scored too
     assert result.performance is not None and result.validity is not None
