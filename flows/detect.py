@@ -134,7 +134,7 @@ def detect(
             than 1 to overlap queries.
         preprocess_resize_dtype: float32 resizes as the MLPerf reference does (exact; 4x the stored bytes) or
             uint8 (up to 0.8 grey level off, a quarter of the bytes); docs/preprocessing.md has the measurement.
-        loadgen_warmup_samples: Untimed inferences on loaded samples before a PerformanceOnly test, so a short
+        loadgen_warmup_samples: Untimed inferences on loaded samples before a timed test, so a short
             run does not time cuDNN autotuning or an engine build (stops after 10 s); 0: none. The result
             records the warm-up's samples and seconds.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import platform
 import tempfile
@@ -43,8 +42,7 @@ log = logging.getLogger(__name__)
 LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
 # where each LoadGen test's logs go when a run has several (MLPerf's submission layout); a run of one test keeps
 # them in its own folder
-PASS_FOLDERS = {"AccuracyOnly": "accuracy", "PerformanceOnly": "performance/run_1",
-                "FindPeakPerformance": "performance/run_1"}
+PASS_FOLDERS = {"AccuracyOnly": "accuracy", "PerformanceOnly": "performance/run_1"}
 ACCURACY_PASS_THROUGHPUT = "accuracy pass: samples / SUT inference time (not a LoadGen performance result)"
 SUT_THROUGHPUT = "samples / SUT inference time (LoadGen reports no samples/s in {}; see performance)"
 FOREIGN_LABELS_NOTE = ("{model} labels are {space} classes, not COCO categories: its mAP on a COCO annotation "
@@ -86,7 +84,7 @@ class BenchmarkResult:
     scenario: str
     mode: str
     providers: list[str]
-    mAP: float | None  # percent; None in PerformanceOnly
+    mAP: float | None  # percent; None without an AccuracyOnly pass
     coco_stats: dict[str, float] | None
     samples_per_second: float | None
     samples_per_second_source: str | None  # "loadgen", or ACCURACY_PASS_THROUGHPUT
@@ -109,6 +107,8 @@ class BenchmarkResult:
     calibration: dict[str, Any] | None = None  # the target measured for a timed test that had none (calibration.py)
     compliance: dict[str, Any] | None = None  # the compliance test's verdict (compliance.py)
     log_files: list[str] = field(default_factory=lambda: list(LOADGEN_FILES))  # relative to the run's folder
+    loadgen_concurrency: int = 1  # inferences in flight (SUT worker threads)
+    preprocess_resize_dtype: str = "uint8"  # the stored samples' resize (preprocess.py); results before it: uint8
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,9 +188,6 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     spec = params.spec
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), time.perf_counter()
     bench = _bench(params, manifest, model, storage)
-    notes = _notes(spec, params.loadgen_mode)
-    for note in notes:
-        log.warning("%s", note)
     log.info("LoadGen %s %s over %d samples on %s", params.loadgen_scenario, params.loadgen_mode, bench.count,
              bench.backend.providers)
     config = params.loadgen_config
@@ -200,11 +197,15 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     else:
         calibration = None
     passes = _planned_passes(config, params.loadgen_compliance_test)
+    notes = _notes(spec, scored=any(p.mode == "AccuracyOnly" for p in passes))
     flat = len(passes) == 1 and not params.loadgen_compliance_test
-    outcomes = {p.mode: _run_pass(bench, p, log_dir, "" if flat else PASS_FOLDERS[p.mode]) for p in passes}
-    verdict = _compliance(bench, config, outcomes, log_dir) if params.loadgen_compliance_test else None
-    for outcome in outcomes.values():
-        notes += _output_verdict(outcome.sut.outputs, spec, params.tolerate_bad_outputs)
+    outcomes: dict[str, _Pass] = {}
+    for planned in passes:  # bad model outputs fail the run after the pass that found them
+        outcomes[planned.mode] = _run_pass(bench, planned, log_dir, "" if flat else PASS_FOLDERS[planned.mode])
+        notes += _output_verdict(outcomes[planned.mode].sut.outputs, spec, params.tolerate_bad_outputs)
+    verdict, audit = _compliance(bench, config, outcomes, log_dir) if params.loadgen_compliance_test else (None, None)
+    if audit:
+        notes += _output_verdict(audit.sut.outputs, spec, params.tolerate_bad_outputs)
     scored = outcomes.get("AccuracyOnly")
     timed = next((o for m, o in outcomes.items() if m != "AccuracyOnly"), scored)
     accuracy = scored.accuracy if scored else None
@@ -221,9 +222,11 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         effective_settings=timed.summary.effective_settings, loadgen_profile=config.profile,
         loadgen_errors=[e for o in outcomes.values() for e in o.summary.errors], started=started,
         duration_s=round(time.perf_counter() - t0, 3), environment=environment(),
-        output_problems=_problem_counts(outcomes.values()), notes=notes, warmup=warmup.to_json(),
+        output_problems=_problem_counts([*outcomes.values(), *([audit] if audit else [])]), notes=notes,
+        warmup=warmup.to_json(),
         loadgen=timed.summary.to_json(), calibration=calibration.to_json() if calibration else None,
-        compliance=verdict, log_files=_log_files(log_dir),
+        compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
+        preprocess_resize_dtype=params.preprocess_resize_dtype,
     )
 
 
@@ -262,20 +265,32 @@ def _run_pass(bench: _Bench, config: LoadGenConfig, log_dir: Path, folder: str,
     return _Pass(folder, summary, sut, accuracy)
 
 
-def _compliance(bench: _Bench, config: LoadGenConfig, outcomes: dict[str, _Pass], log_dir: Path) -> dict[str, Any]:
-    """The compliance test's audit pass (its audit.config applied) and its verdict against the reference passes."""
+def _compliance(bench: _Bench, config: LoadGenConfig, outcomes: dict[str, _Pass],
+                log_dir: Path) -> tuple[dict[str, Any], _Pass]:
+    """The compliance test's audit pass (its audit.config applied), and its verdict against the reference passes
+    with paths relative to the run's folder (which may be a temporary copy of a remote one)."""
     test = bench.params.loadgen_compliance_test
     audit_dir = compliance.audit_dir(log_dir, test)
     audit_config = compliance.write_audit_config(audit_dir, test, bench.spec.loadgen_model)
     audited = replace(config, mode="PerformanceOnly")
-    _run_pass(bench, audited, log_dir, str(compliance.audit_performance_dir(log_dir, test).relative_to(log_dir)),
-              audit_config)
+    audit = _run_pass(bench, audited, log_dir,
+                      str(compliance.audit_performance_dir(log_dir, test).relative_to(log_dir)), audit_config)
     references = {mode: log_dir / outcome.folder for mode, outcome in outcomes.items()}
     verdict = compliance.verify(test, references, audit_dir, config.scenario).to_json()
     if test == "TEST01":
         _score_sampled_logs(bench, audit_dir / "accuracy")
-    # its paths relative to the run's folder (which may be a temporary copy of a remote one)
-    return json.loads(json.dumps(verdict).replace(f"{log_dir}/", ""))
+    return _relative(verdict, log_dir), audit
+
+
+def _relative(value: Any, base: Path) -> Any:
+    """`value` (JSON data) with every path inside `base` made relative to it."""
+    if isinstance(value, dict):
+        return {key: _relative(item, base) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative(item, base) for item in value]
+    if isinstance(value, str) and Path(value).is_relative_to(base):
+        return str(Path(value).relative_to(base))
+    return value
 
 
 def _score_sampled_logs(bench: _Bench, folder: Path) -> None:
@@ -314,10 +329,13 @@ def _warm_up(backend: OnnxBackend, load, count: int, params: BenchmarkParams) ->
     return warm_up(backend, load, count, params.loadgen_warmup_samples)
 
 
-def _notes(spec: ModelSpec, mode: str) -> list[str]:
-    """What the result's reader must be told: a model scored against labels it does not use."""
-    if spec.label_space is LabelSpace.OPENIMAGES and mode == "AccuracyOnly":
-        return [FOREIGN_LABELS_NOTE.format(model=spec.name, space="OpenImages")]
+def _notes(spec: ModelSpec, scored: bool) -> list[str]:
+    """What the result's reader must be told: a model scored (an AccuracyOnly pass) against labels it does not
+    use."""
+    if spec.label_space is LabelSpace.OPENIMAGES and scored:
+        note = FOREIGN_LABELS_NOTE.format(model=spec.name, space="OpenImages")
+        log.warning("%s", note)
+        return [note]
     return []
 
 

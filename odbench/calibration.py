@@ -8,12 +8,17 @@ samples (after the warm-up, so no engine build is timed) measure this SUT, and t
 
 | scenario | target set | from the pass | why this side |
 |---|---|---|---|
-| Offline | loadgen_target_qps | 1.5 × concurrency / median latency | too low ends before min duration |
+| Offline | loadgen_target_qps | 1.5 × measured throughput | too low ends before min duration |
 | SingleStream | loadgen_target_latency | the fastest latency | too high runs out of queries |
 | MultiStream | loadgen_target_latency | fastest × samples per query / concurrency | as SingleStream |
-| Server | loadgen_target_qps | 0.5 / median latency | a load this SUT sustains |
+| Server | loadgen_target_qps | 0.5 × measured throughput | a load this SUT sustains |
 
-(Erring on the other side only lengthens the run or generates more queries than it uses.)
+(Erring on the other side only lengthens the run or generates more queries than it uses.) The pass runs
+through `loadgen_concurrency` worker threads, as the SUT does, so throughput is measured, not assumed to
+grow with concurrency. A value outside the setting's range, or one that would make LoadGen plan more
+samples than odbench/bounds.py allows, is clamped to the nearest allowed value, and the basis says so.
+With `loadgen_count_override` the query count is fixed and the target sizes nothing (Server aside, where it
+is the arrival rate), so no target is calibrated.
 FindPeakPerformance starts its search from the Server value. Server's latency bound is no guess (the
 official value applies) and is never calibrated.
 """
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -30,14 +37,14 @@ import numpy as np
 
 from odbench import bounds
 from odbench.backend import Backend
-from odbench.loadgen_settings import LoadGenConfig
+from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig
 
 log = logging.getLogger(__name__)
-CALIBRATION_SAMPLES = 8  # inferences in the measured pass
+CALIBRATION_SAMPLES = 8  # inferences in the measured pass (at least 2 per worker)
 CALIBRATION_MAX_S = 10.0  # the pass stops after this long (past its first inference)
 OFFLINE_HEADROOM = 1.5
 SERVER_LOAD = 0.5
-DEFAULT_SAMPLES_PER_QUERY = 8  # LoadGen's MultiStream default
+TARGET_FIELDS = {"loadgen_target_qps": "target_qps", "loadgen_target_latency": "target_latency_ms"}
 MIN_TARGET = bounds.bounds()["loadgen_target_latency"].low  # a sub-10-µs latency still gets an allowed value
 
 
@@ -59,68 +66,94 @@ class Calibration:
 
 def missing_target(config: LoadGenConfig) -> str | None:
     """The target setting a timed test of this scenario lacks (None: it has one, or is untimed)."""
-    if config.mode == "AccuracyOnly":
+    if config.mode == "AccuracyOnly" or (config.count_override is not None and config.scenario != "Server"):
         return None
     if config.scenario in ("Offline", "Server"):
         return None if config.target_qps is not None else "loadgen_target_qps"
     return None if config.target_latency_ms is not None else "loadgen_target_latency"
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """The calibration pass: each inference's seconds, and samples per second of the whole pass."""
+
+    latencies_s: list[float]
+    throughput: float
+
+
 def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int = CALIBRATION_SAMPLES,
-            max_s: float = CALIBRATION_MAX_S) -> list[float]:
-    """Seconds of each of up to `samples` sequential inferences on loaded samples (cycled), at least one."""
+            concurrency: int = 1, max_s: float = CALIBRATION_MAX_S) -> Measurement:
+    """Up to `samples` inferences (at least 2 per worker) on loaded samples (cycled), `concurrency` at a time;
+    each worker stops starting new ones once `max_s` has passed."""
+    samples = max(samples, 2 * concurrency)
     inputs = [load(i) for i in range(min(samples, count))]
     latencies: list[float] = []
+    lock = threading.Lock()
     start = time.perf_counter()
-    while len(latencies) < samples:
-        t0 = time.perf_counter()
-        backend.infer(inputs[len(latencies) % len(inputs)])
-        latencies.append(time.perf_counter() - t0)
-        if time.perf_counter() - start >= max_s:
-            break
-    return latencies
+
+    def worker() -> None:
+        while True:
+            with lock:  # claim the next inference's slot
+                slot = len(latencies)
+                if slot >= samples or (slot and time.perf_counter() - start >= max_s):
+                    return
+                latencies.append(float("nan"))
+            t0 = time.perf_counter()
+            backend.infer(inputs[slot % len(inputs)])
+            latencies[slot] = time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="calibration") as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    wall = time.perf_counter() - start
+    return Measurement(latencies, len(latencies) / wall)
 
 
-def derive(config: LoadGenConfig, latencies_s: list[float], concurrency: int) -> Calibration:
-    """The missing target of `config` from measured latencies (see the module's table)."""
-    median, fastest = statistics.median(latencies_s), min(latencies_s)
-    facts = dict(samples=len(latencies_s), median_latency_ms=round(median * 1000, 3),
+def derive(config: LoadGenConfig, measured: Measurement, concurrency: int) -> Calibration:
+    """The missing target of `config` from the measured pass (see the module's table), inside what is allowed."""
+    latencies = measured.latencies_s
+    median, fastest = statistics.median(latencies), min(latencies)
+    facts = dict(samples=len(latencies), median_latency_ms=round(median * 1000, 3),
                  fastest_latency_ms=round(fastest * 1000, 3))
-    measured = f"{len(latencies_s)} inferences: median {median * 1000:.3f} ms, fastest {fastest * 1000:.3f} ms"
-    if config.scenario == "Offline":
-        qps = OFFLINE_HEADROOM * concurrency / median
-        return Calibration("loadgen_target_qps", _round(qps), f"{OFFLINE_HEADROOM} × {concurrency} in flight / "
-                           f"median latency ({measured})", **facts)
-    if config.scenario == "Server":
-        return Calibration("loadgen_target_qps", _round(SERVER_LOAD / median),
-                           f"{SERVER_LOAD} / median latency ({measured})", **facts)
-    if config.scenario == "SingleStream":
-        return Calibration("loadgen_target_latency", _round(fastest * 1000), f"fastest latency ({measured})",
-                           **facts)
-    per_query = config.samples_per_query or DEFAULT_SAMPLES_PER_QUERY
-    latency = fastest * 1000 * per_query / concurrency
-    return Calibration("loadgen_target_latency", _round(latency), f"fastest latency × {per_query} samples per "
-                       f"query / {concurrency} in flight ({measured})", **facts)
+    seen = (f"{len(latencies)} inferences, {concurrency} in flight: {measured.throughput:.4g} samples/s, median "
+            f"{median * 1000:.3f} ms, fastest {fastest * 1000:.3f} ms")
+    if config.scenario in ("Offline", "Server"):
+        share = OFFLINE_HEADROOM if config.scenario == "Offline" else SERVER_LOAD
+        setting, value, how = "loadgen_target_qps", share * measured.throughput, f"{share} × measured throughput"
+    elif config.scenario == "SingleStream":
+        setting, value, how = "loadgen_target_latency", fastest * 1000, "fastest latency"
+    else:
+        per_query = config.samples_per_query or OFFICIAL_SAMPLES_PER_QUERY
+        setting, value = "loadgen_target_latency", fastest * 1000 * per_query / concurrency
+        how = f"fastest latency × {per_query} samples per query / {concurrency} in flight"
+    value, clamp = _allowed(config, setting, float(f"{value:.4g}"))
+    return Calibration(setting, value, f"{how} ({seen}){clamp}", **facts)
 
 
-def apply(config: LoadGenConfig, calibration: Calibration) -> LoadGenConfig:
-    """The config with the calibrated target set (checked again, like a target the user gave)."""
-    if calibration.setting == "loadgen_target_qps":
-        return replace(config, target_qps=calibration.value)
-    return replace(config, target_latency_ms=calibration.value)
+def _allowed(config: LoadGenConfig, setting: str, value: float) -> tuple[float, str]:
+    """The value inside its parameter's range and the planned-sample ceiling, and what clamping it did."""
+    bound = bounds.bounds()[setting]
+    clamped = min(max(value, bound.low if not bound.positive else MIN_TARGET), bound.high)
+    # an untimed copy: its checks leave out the planned-sample ceiling this computes against
+    planned, _, _ = apply(replace(config, mode="AccuracyOnly"), clamped, setting).planned_samples()
+    if planned > bounds.MAX_LOADGEN_SAMPLES:  # planned samples grow with QPS, and shrink as latency grows
+        factor = planned / bounds.MAX_LOADGEN_SAMPLES * 1.01
+        clamped = float(f"{clamped / factor if setting == 'loadgen_target_qps' else clamped * factor:.4g}")
+    if clamped == value:
+        return value, ""
+    return clamped, f"; {value:g} clamped to {clamped:g}, the nearest value odbench/bounds.py allows"
+
+
+def apply(config: LoadGenConfig, value: float, setting: str) -> LoadGenConfig:
+    """The config with `setting` (a target) set to `value`, checked again like a target the user gave."""
+    return replace(config, **{TARGET_FIELDS[setting]: value})
 
 
 def calibrate(config: LoadGenConfig, backend: Backend, load: Callable[[int], np.ndarray], count: int,
               concurrency: int) -> tuple[LoadGenConfig, Calibration | None]:
     """The config to run, with its missing target measured and set; unchanged (None) when none is missing."""
-    setting = missing_target(config)
-    if setting is None:
+    if missing_target(config) is None:
         return config, None
-    calibration = derive(config, measure(backend, load, count), concurrency)
+    calibration = derive(config, measure(backend, load, count, concurrency=concurrency), concurrency)
     log.info("calibrated %s = %g (%s)", calibration.setting, calibration.value, calibration.basis)
-    return apply(config, calibration), calibration
-
-
-def _round(value: float) -> float:
-    """Four significant digits (a readable user.conf value, not a false precision), inside the setting's range."""
-    return max(float(f"{value:.4g}"), MIN_TARGET)
+    return apply(config, calibration.value, calibration.setting), calibration

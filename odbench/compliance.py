@@ -54,9 +54,11 @@ _TEST01_BODY = _AUDIT_HEADER + """
 *.*.accuracy_log_rng_seed = 720381539243781796
 *.*.accuracy_log_sampling_target = 256
 """
+TEST04_SAME_INDEX = 3  # the loaded sample TEST04 issues repeatedly (MultiStream: from it, samples_per_query of them)
+TEST04_MIN_LOADED_SAMPLES = TEST04_SAME_INDEX + 1  # LoadGen does not check: fewer reads outside its sample array
 _TEST04_BODY = _AUDIT_HEADER + "".join(
     f"*.{scenario}.mode = 2\n*.{scenario}.performance_issue_unique = 0\n*.{scenario}.performance_issue_same = 1\n"
-    f"*.{scenario}.performance_issue_same_index = 3\n"
+    f"*.{scenario}.performance_issue_same_index = {TEST04_SAME_INDEX}\n"
     for scenario in ("MultiStream", "Offline", "SingleStream", "Server")) + """\
 stable-diffusion-xl.Offline.min_query_count = 500
 # You can optionally set the target qps to match the expected query count 

@@ -23,7 +23,7 @@ PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 SUMMARY_FILE = "mlperf_log_summary.txt"
 # the summary file's text sections: a heading line, then ` * item` lines (an item may wrap onto lines without `:`)
 TEXT_SECTIONS = {"Recommendations:": "recommendations", "Early Stopping Result:": "early_stopping"}
-# each scenario's headline metric, as MLPerf reports it: name, and the LoadGenSummary attribute(s) giving it
+# each scenario's headline metric, as MLPerf reports it, by name (LoadGenSummary.performance gives its value)
 METRICS = {
     "Offline": "samples per second",
     "SingleStream": "90th percentile latency (ns)",

@@ -68,7 +68,9 @@ OFFICIAL_SERVER_LATENCY_MS = 100.0
 LATENCY_BOUND_KEYS = ("Server.target_latency",)
 # The `quick` profile (demos, smoke tests): a PerformanceOnly test of seconds, not minutes, on the stand-ins;
 # these replace the official minimum duration and query count unless the user sets them (or a count override).
-# SingleStream's and MultiStream's expected latency (LoadGen generates twice min duration / expected latency
+# Their targets apply only to a LoadGenConfig used without calibration (the benchmark measures a missing target,
+# odbench/calibration.py) and to the planned-sample check before any work. SingleStream's and MultiStream's
+# expected latency (LoadGen generates twice min duration / expected latency
 # queries, and ends the test with an error when a fast SUT uses them up before the minimum duration) are set low
 # for the same reason: 8000 queries in 2 s, 1000 MultiStream queries of 8 samples; they only size the query pool,
 # neither is a latency bound. Server's arrival rate is one both stand-ins sustain on 2 shared cores (~200-500
@@ -81,8 +83,8 @@ QUICK_MULTI_STREAM_LATENCY_MS = 4.0
 QUICK_SERVER_QPS = 50.0
 # Modes whose LoadGen test is timed (planned-sample checks apply); Submission times its PerformanceOnly pass
 TIMED_MODES = ("PerformanceOnly", "FindPeakPerformance", "Submission")
-# Until odbench/bounds.py's table lists it: MultiStream's samples per query, a whole number (LoadGen pads the
-# loaded samples to a multiple of it and allocates queries x samples per query up front)
+
+
 @dataclass(frozen=True)
 class LoadGenConfig:
     """The LoadGen knobs, named as the axs workflow named them (durations in s, latency in ms)."""

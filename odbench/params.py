@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from odbench import bounds
+from odbench import bounds, compliance
 from odbench.backend import DEVICES, ExecutionDevice
 from odbench.compliance import COMPLIANCE_TESTS, ComplianceTest
-from odbench.loadgen_settings import LoadGenConfig, Mode, Profile, Scenario
+from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig, Mode, Profile, Scenario
 from odbench.models import ModelName, ModelSpec, get_spec
 from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_dtype
 
@@ -46,7 +46,7 @@ class BenchmarkParams:
     loadgen_compliance_test: ComplianceTest | None = None  # TEST01, TEST04: with PerformanceOnly or Submission
     loadgen_concurrency: int = 1  # inferences in flight at once (SUT worker threads)
     preprocess_resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE  # float32: the reference's resize, exactly
-    loadgen_warmup_samples: int = 8  # untimed inferences before a PerformanceOnly test (0: none)
+    loadgen_warmup_samples: int = 8  # untimed inferences before a timed test (0: none)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -106,6 +106,14 @@ class BenchmarkParams:
         if self.loadgen_mode not in ("PerformanceOnly", "Submission"):
             raise ValueError(f"loadgen_compliance_test={test} compares against a timed run: use "
                              f"loadgen_mode=PerformanceOnly or Submission, not {self.loadgen_mode}")
+        loaded = self.loadgen_config.performance_count(self.loadgen_dataset_size)
+        multi = self.loadgen_scenario == "MultiStream"
+        per_query = (self.loadgen_multistreamness or OFFICIAL_SAMPLES_PER_QUERY) if multi else 1
+        needed = compliance.TEST04_MIN_LOADED_SAMPLES + per_query - 1
+        if test == "TEST04" and loaded < needed:
+            raise ValueError(f"TEST04 issues loaded sample {compliance.TEST04_SAME_INDEX} repeatedly: it needs at "
+                             f"least {needed} loaded samples, this run loads {loaded}; raise loadgen_dataset_size "
+                             "and loadgen_buffer_size")
 
     def _check_buffer_memory(self) -> None:
         """The samples LoadGen keeps loaded (float32 model inputs) must fit in part of the machine's RAM."""
@@ -116,7 +124,8 @@ class BenchmarkParams:
         allowed = int(ram * BUFFER_RAM_SHARE) // sample if ram else count
         if count > allowed:
             raise bounds.ParameterRangeError(
-                f"loadgen_buffer_size={self.loadgen_buffer_size or count} keeps {count} samples of {sample / 1e6:.1f} MB "
+                f"loadgen_buffer_size={self.loadgen_buffer_size or f'unset ({self.loadgen_profile})'} keeps {count} "
+                f"samples of {sample / 1e6:.1f} MB "
                 f"({count * sample / 1e9:.1f} GB) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
                 f"{ram / 1e9:.1f} GB of memory: use loadgen_buffer_size={max(1, allowed)} or less")
 

@@ -90,7 +90,7 @@ def metrics_rows(result: BenchmarkResult) -> list[dict[str, Any]]:
         ("samples_per_second_source", result.samples_per_second_source),
         ("performance", performance_text(result)),
         ("result_validity", result.validity),
-        ("invalid_reason", result.loadgen.get("invalid_reason") or None),
+        ("invalid_reason", result.loadgen.get("reason") or None),
         ("target", calibration_text(result)),
         ("compliance", compliance_text(result)),
         *((f"latency_{k}_ms", _latency_ms(result, k)) for k in ("p50", "p90", "p99")),
@@ -136,7 +136,7 @@ def terminal_summary(result: BenchmarkResult) -> str:
         + (f"  ({result.samples_per_second_source})" if result.samples_per_second_source else ""),
     ]
     if result.validity:
-        reason = result.loadgen.get("invalid_reason")
+        reason = result.loadgen.get("reason")
         lines.append(f"result       {result.validity}" + (f" ({reason})" if reason else ""))
         lines.append(f"performance  {performance_text(result)}")
     if result.mode != "AccuracyOnly":

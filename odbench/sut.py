@@ -86,7 +86,8 @@ class DetectionSUT:
         self.outputs = OutputTally()
         self._lock = threading.Lock()
         self.completed = 0  # inferences run (a failed one included)
-        self.busy_s = 0.0  # summed over workers: time spent inferring and encoding
+        self.busy_s = 0.0  # wall time during which at least one inference was running (inferring, encoding)
+        self._busy_since = 0.0
         self.stopping = False  # a plain flag: set from a signal handler
         self.issued = 0  # samples LoadGen handed over
         self.answered = 0  # samples answered (QuerySamplesComplete returned)
@@ -122,9 +123,10 @@ class DetectionSUT:
             self._complete_empty([sample_id])
             return
         with self._lock:
+            if self.in_flight == 0:
+                self._busy_since = time.perf_counter()
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        start = time.perf_counter()
         try:
             rows = self._detect(qsl_idx)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
@@ -134,7 +136,8 @@ class DetectionSUT:
         with self._lock:
             self.in_flight -= 1
             self.completed += 1
-            self.busy_s += time.perf_counter() - start
+            if self.in_flight == 0:
+                self.busy_s += time.perf_counter() - self._busy_since
 
     def _detect(self, qsl_idx: int) -> np.ndarray:
         """One sample's checked detections as accuracy-log rows."""
@@ -145,12 +148,18 @@ class DetectionSUT:
 
     def _complete(self, sample_id: int, rows: np.ndarray) -> None:
         """Answer one sample; `rows` stays alive (and contiguous) until LoadGen has copied it."""
-        try:
-            import mlperf_loadgen as lg
+        import mlperf_loadgen as lg
 
+        try:
             rows = np.ascontiguousarray(rows, np.float32)
             data = rows if rows.size else _EMPTY
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)])
+            response = lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)
+        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread; the sample is still answered
+            self._record(err)
+            self._complete_empty([sample_id])
+            return
+        try:
+            lg.QuerySamplesComplete([response])
         except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
             self._record(err)
             return
@@ -175,11 +184,11 @@ class DetectionSUT:
             self.errors.append(err)
 
     def throughput(self) -> float | None:
-        """Samples per second of the SUT's own inference time (LoadGen's untimed sample loads, which
-        AccuracyOnly interleaves with queries, excluded); None before any sample."""
+        """Samples per second of the time at least one inference was running (LoadGen's untimed sample loads,
+        which AccuracyOnly interleaves with queries, excluded); None before any sample."""
         if self.completed == 0 or self.busy_s <= 0:
             return None
-        return self.completed * self.workers / self.busy_s
+        return self.completed / self.busy_s
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -34,8 +34,9 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     if params.loadgen_mode != "AccuracyOnly":
         return None
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
-                     p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION, repr(params.loadgen_config),
-                     params.execution_device.lower(), params.cpu_threads, params.tolerate_bad_outputs, _engine())
+                     p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION,
+                     repr(params.loadgen_config), params.execution_device.lower(), params.cpu_threads,
+                     params.loadgen_concurrency, params.tolerate_bad_outputs, _engine())
 
 
 def _engine() -> tuple:

@@ -102,6 +102,8 @@ def test_unknown_model_fails_before_any_download(storage):
     (dict(batch_size=8), "use batch_size=1"),
     (dict(loadgen_multistreamness=8), "MultiStream"),
     (dict(loadgen_compliance_test="TEST09"), "TEST01, TEST04"),
+    (dict(loadgen_compliance_test="TEST04", loadgen_mode="PerformanceOnly", loadgen_dataset_size=3),
+     "at least 4 loaded samples"),
 ])
 def test_bad_settings_fail_before_any_work(bad, says):
     with pytest.raises(ValueError, match=says):

@@ -3,7 +3,6 @@ LoadGen runs with it (read back from LoadGen's own detail log)."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 
 from odbench.backend import OnnxBackend
 from odbench.benchmark import run_benchmark
-from odbench.calibration import derive, measure, missing_target
+from odbench.bounds import MAX_LOADGEN_SAMPLES
+from odbench.calibration import Measurement, apply, derive, measure, missing_target
 from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import get_spec
 from odbench.params import BenchmarkParams
@@ -64,21 +64,40 @@ def test_accuracy_runs_and_given_targets_need_no_calibration():
     assert missing_target(LoadGenConfig(scenario="Server", mode="PerformanceOnly")) == "loadgen_target_qps"
 
 
-def test_targets_follow_the_measured_latencies_on_the_safe_side(synthetic_dir, calib_storage):
-    """Measured on a real onnxruntime session: Offline asks for more than one stream does, Server for less,
+def test_targets_follow_the_measured_pass_on_the_safe_side():
+    """Measured on a real onnxruntime session: Offline asks for more than the SUT did, Server for less,
     SingleStream expects the fastest latency, MultiStream a query of samples_per_query of them."""
     spec = get_spec("retinanet")
     backend = OnnxBackend(build_standin(spec), spec, "cpu", 0)
     sample = np.zeros((1, 3, 800, 800), np.float32)
-    latencies = measure(backend, lambda i: sample, count=1, samples=4)
-    assert len(latencies) == 4 and all(t > 0 for t in latencies)
-    one_stream = 1 / statistics.median(latencies)
-    offline = derive(LoadGenConfig(mode="PerformanceOnly"), latencies, concurrency=1)
-    server = derive(LoadGenConfig(scenario="Server", mode="PerformanceOnly"), latencies, concurrency=1)
-    single = derive(LoadGenConfig(scenario="SingleStream", mode="PerformanceOnly"), latencies, concurrency=1)
-    multi = derive(LoadGenConfig(scenario="MultiStream", mode="PerformanceOnly", samples_per_query=4), latencies,
+    measured = measure(backend, lambda i: sample, count=1, samples=4, concurrency=2)
+    latencies = measured.latencies_s
+    assert len(latencies) == 4 and all(t > 0 for t in latencies) and measured.throughput > 0
+    offline = derive(LoadGenConfig(mode="PerformanceOnly"), measured, concurrency=2)
+    server = derive(LoadGenConfig(scenario="Server", mode="PerformanceOnly"), measured, concurrency=2)
+    single = derive(LoadGenConfig(scenario="SingleStream", mode="PerformanceOnly"), measured, concurrency=2)
+    multi = derive(LoadGenConfig(scenario="MultiStream", mode="PerformanceOnly", samples_per_query=4), measured,
                    concurrency=2)
-    assert server.value < one_stream < offline.value
+    assert server.value < measured.throughput < offline.value
     assert single.value == pytest.approx(min(latencies) * 1000, rel=1e-3)
     assert multi.value == pytest.approx(min(latencies) * 1000 * 4 / 2, rel=1e-3)
-    assert "median" in offline.basis and "fastest" in single.basis
+    assert "throughput" in offline.basis and "fastest" in single.basis and "clamped" not in offline.basis
+
+
+def test_a_calibrated_target_never_leaves_the_allowed_range():
+    """A very fast SUT (here: measured figures of a microsecond) gets the nearest allowed target, said in the
+    basis, instead of a run that fails after all the data work."""
+    fast = Measurement([1e-6] * 8, throughput=8e6)
+    offline = derive(LoadGenConfig(mode="PerformanceOnly"), fast, concurrency=1)  # official: 600 s
+    planned, _, _ = apply(LoadGenConfig(mode="PerformanceOnly"), offline.value, offline.setting).planned_samples()
+    assert planned <= MAX_LOADGEN_SAMPLES and "clamped" in offline.basis
+    single = derive(LoadGenConfig(scenario="SingleStream", mode="PerformanceOnly"), fast, concurrency=1)
+    assert single.value >= 0.01 and "clamped" in single.basis
+    apply(LoadGenConfig(scenario="SingleStream", mode="PerformanceOnly"), single.value, single.setting)  # allowed
+
+
+def test_a_fixed_query_count_needs_no_target_except_servers_arrival_rate():
+    fixed = dict(mode="PerformanceOnly", count_override=16)
+    assert missing_target(LoadGenConfig(**fixed)) is None
+    assert missing_target(LoadGenConfig(scenario="SingleStream", **fixed)) is None
+    assert missing_target(LoadGenConfig(scenario="Server", **fixed)) == "loadgen_target_qps"
