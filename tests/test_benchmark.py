@@ -95,6 +95,8 @@ def test_unknown_model_fails_before_any_download(storage):
     (dict(loadgen_scenario="Server2"), "valid: Offline, SingleStream"),
     (dict(loadgen_mode="Fast"), "valid: AccuracyOnly, PerformanceOnly"),
     (dict(loadgen_target_qps=0), "must be positive"),
+    (dict(loadgen_scenario="Server", loadgen_target_qps=-5), "loadgen_target_qps=-5 is out of range"),
+    (dict(loadgen_scenario="SingleStream", loadgen_target_latency=0), "loadgen_target_latency=0 is out of range"),
     (dict(loadgen_min_duration_s=-1), "must be 0 or more"),
     (dict(loadgen_min_duration_s=20, loadgen_max_duration_s=10), "above loadgen_max_duration_s"),
     (dict(execution_device="tpu"), "use one of: auto, cpu"),
