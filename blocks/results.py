@@ -8,6 +8,9 @@ be exactly odbench's (`tasks.serializer`, no options) and its result must decode
 Anything else (a pickle, garbage, another serializer, a record of another layout) is refused with a
 warning naming the key. Prefect treats a record that fails to read while it looks the key up as absent,
 so the task runs again and writes a fresh record over it.
+
+The remote block keeps the storage's credentials in a secret field (`secret_settings`): Prefect masks
+it in the UI and API and stores it encrypted; it is merged into the fsspec settings only in-process.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import json
 import logging
 from typing import Any
 
+import fsspec
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.exceptions import MissingContextError
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.logging import get_run_logger
+from prefect.types import SecretDict
+from pydantic import Field
 
 from tasks.serializer import SERIALIZER_TYPE, RecordRefusedError, decode
 
@@ -87,6 +93,17 @@ class DataRecordsRemoteFileSystem(RemoteFileSystem):
     _block_type_name = "Odbench Remote Result Storage"
     _block_type_slug = "odbench-remote-result-storage"
     _description = "Prefect result storage at an fsspec URL that loads only odbench's data records (no pickle)."
+
+    secret_settings: SecretDict = Field(default_factory=lambda: SecretDict({}),
+                                        description="fsspec settings that are credentials (masked, encrypted).")
+
+    @property
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem of `settings` plus the credentials of `secret_settings`."""
+        if not self._filesystem:
+            self._filesystem = fsspec.core.url_to_fs(self.basepath, **self.settings,
+                                                     **self.secret_settings.get_secret_value())[0]
+        return self._filesystem
 
     async def aread_path(self, path: str) -> bytes:
         return check_record(await super().aread_path(path), path)

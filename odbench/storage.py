@@ -12,8 +12,14 @@ Layout (the same on every backend):
     history/<entry>/<time>-<run id>.jsonl one record per regression run (odbench/history.py)
     prefect-results/, locks/              Prefect's cache records, locks of cached steps in progress
 
-Writes are atomic: data goes to a hidden temporary name and is moved into place only when complete,
-so a file that exists under its final name is always whole.
+Writes are atomic, so a file that exists under its final name is always whole: on a local folder (or any
+filesystem with partial files) data goes to a hidden temporary name and is moved into place only when
+complete; on an object store (s3://, gs://, az://) a single PUT (or a multipart upload, invisible until
+completed) is already atomic, so data is uploaded once, directly under its final name, from memory or
+from a local temporary file (docs/object_stores.md).
+
+An object-store root is checked once per process before its first use (`check_access`): a missing
+bucket or refused credentials fail at once with an error naming the endpoint and the bucket.
 
 Every relative path goes through `safe_rel` (no `..`, `.` or empty segment, no absolute path, drive
 letter, backslash or control character), so nothing built from data can reach outside the root.
@@ -34,11 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +65,13 @@ _WRITER = re.compile(r"\.partial-(?P<host>[A-Za-z0-9.-]+)~(?P<pid>\d+)~")
 log = logging.getLogger(__name__)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})  # a PUT is atomic there
+_checked: set[tuple[str, str, str]] = set()  # (root URI, endpoint, credentials' md5) that passed check_access
+_checked_lock = threading.Lock()
+
+
+class StorageAccessError(RuntimeError):
+    """An object-store root that cannot be used: its bucket is missing or its credentials are refused."""
 
 
 class UnsafePathError(ValueError):
@@ -121,10 +137,15 @@ def default_storage_url() -> str:
 
 @dataclass
 class Storage:
-    """An fsspec filesystem plus a root path; paths given to its methods are relative to the root."""
+    """An fsspec filesystem plus a root path; paths given to its methods are relative to the root.
+
+    `options` are fsspec storage options (endpoint, region, ...); `secret_options` are the ones that are
+    credentials (key, secret, token, ...): merged over `options` for fsspec, kept out of reprs, and
+    scrubbed from the errors this class raises."""
 
     url: str = field(default_factory=default_storage_url)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    secret_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or self.url.strip() in ("", "file://", "local://"):
@@ -132,12 +153,31 @@ class Storage:
                 f"storage_url {self.url!r} is empty: pass a folder or fsspec URL (for example ~/.cache/odbench "
                 f"or s3://bucket/odbench), or leave it unset for ${DEFAULT_STORAGE_ENV} or the default folder"
             )
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options, **self.secret_options)
         self.root = self.root.rstrip("/")
 
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def is_object_store(self) -> bool:
+        """An object store (S3, GCS, Azure Blob): one PUT is atomic, a request costs a round trip."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        return bool(OBJECT_STORE_PROTOCOLS.intersection(protocols))
+
+    @property
+    def endpoint(self) -> str:
+        """The object store's endpoint, for messages: the configured one, else the protocol's default."""
+        client_kwargs = self.options.get("client_kwargs") or {}
+        configured = (self.options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+                      or getattr(self.fs, "endpoint_url", None))
+        return str(configured) if configured else f"the default {self.uri().split(':', 1)[0]} endpoint"
+
+    @property
+    def bucket(self) -> str:
+        """The bucket (container) of an object-store root."""
+        return self.root.split("/", 1)[0]
 
     def path(self, rel: str) -> str:
         """The filesystem path of a relative path ("" is the root); a path that would leave the root is refused."""
@@ -151,12 +191,65 @@ class Storage:
         """The local file path when storage is local; None on remote backends."""
         return Path(self.path(rel)) if self.is_local else None
 
+    def check_access(self) -> None:
+        """Fail fast when an object-store root cannot be used: one request for its bucket, once per
+        process. A missing bucket or refused credentials raise StorageAccessError naming the endpoint and
+        the bucket (never a credential); a local or in-memory root is not checked."""
+        checked = (self.uri(), self.endpoint, _fingerprint(self.secret_options))
+        if not self.is_object_store or checked in _checked:
+            return
+        try:
+            self.fs.invalidate_cache(self.bucket)
+            self.fs.info(self.bucket)
+        except FileNotFoundError:
+            raise self._access_error("the bucket does not exist (or is not visible to these credentials)",
+                                     "create the bucket, or fix the storage block's url") from None
+        except PermissionError as err:
+            raise self._access_error(f"the credentials were refused ({err})",
+                                     "fix the storage block's secret_options (key and secret, or token)") from None
+        except OSError as err:
+            raise self._access_error(f"the endpoint cannot be reached ({err})",
+                                     "check the endpoint_url in the storage block's options") from None
+        with _checked_lock:
+            _checked.add(checked)
+
+    def _access_error(self, problem: str, fix: str) -> StorageAccessError:
+        return StorageAccessError(self.scrub(
+            f"storage root {self.uri()} at {self.endpoint}, bucket {self.bucket!r}: {problem}; {fix}"))
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret option's value replaced by `***` (errors may echo a request)."""
+        for value in _secret_values(self.secret_options):
+            text = text.replace(value, "***")
+        return text
+
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
 
     def missing(self, rels: Iterable[str]) -> list[str]:
-        """Those of `rels` that storage does not hold (to check what a cached manifest promises)."""
-        return [rel for rel in rels if not self.exists(rel)]
+        """Those of `rels` that storage does not hold (to check what a cached manifest promises): one fresh
+        listing per folder, not a request per file (an object store answers a listing of 1000 names at once)."""
+        by_folder: dict[str, list[str]] = {}
+        for rel in rels:
+            by_folder.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", []).append(rel)
+        lost: list[str] = []
+        for folder, wanted in by_folder.items():
+            held = self._names_in(folder)
+            lost += [rel for rel in wanted if self.path(rel) not in held]
+        return lost
+
+    def _names_in(self, folder: str) -> set[str]:
+        """The paths of the files directly in `folder`, listed afresh (another machine may have changed it)."""
+        path = self.path(folder)
+        self.fs.invalidate_cache(path)
+        try:
+            listing = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        finally:
+            self.fs.invalidate_cache(path)
+        return {self.fs._strip_protocol(entry["name"]).rstrip("/") for entry in listing
+                if entry.get("type") != "directory"}
 
     def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
         return self.fs.open(self.path(rel), mode)
@@ -169,8 +262,14 @@ class Storage:
 
     @contextlib.contextmanager
     def atomic_writer(self, rel: str) -> Iterator[IO[bytes]]:
-        """Open a temporary file that replaces `rel` only if the block exits without error."""
-        final = self.path(rel)
+        """A file handle whose bytes replace `rel` only if the block exits without error: a hidden
+        temporary moved into place, or on an object store a local temporary file uploaded once."""
+        writer = self._upload_writer if self.is_object_store else self._move_writer
+        with writer(self.path(rel)) as handle:
+            yield handle
+
+    @contextlib.contextmanager
+    def _move_writer(self, final: str) -> Iterator[IO[bytes]]:
         parent, name = final.rsplit("/", 1)
         tmp = f"{parent}/.{name}.partial-{HOST}~{os.getpid()}~{uuid.uuid4().hex[:12]}"
         self.fs.makedirs(parent, exist_ok=True)
@@ -183,7 +282,19 @@ class Storage:
                 self.fs.rm_file(tmp)
             raise
 
+    @contextlib.contextmanager
+    def _upload_writer(self, final: str) -> Iterator[IO[bytes]]:
+        """Bytes spooled to a local temporary file, then one upload (nothing appears on failure)."""
+        with tempfile.NamedTemporaryFile(prefix="odbench-upload-") as handle:
+            yield handle
+            handle.flush()
+            self.fs.put_file(handle.name, final)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
+        """`data` under `rel`, atomically: on an object store a single PUT from memory."""
+        if self.is_object_store:
+            self.fs.pipe_file(self.path(rel), data)
+            return
         with self.atomic_writer(rel) as handle:
             handle.write(data)
 
@@ -217,6 +328,23 @@ class Storage:
             log.info("removed %d temporary file(s) of interrupted writes under %s, e.g. %s", len(stale),
                      self.uri(under), stale[0])
         return stale
+
+
+def _fingerprint(secret_options: dict[str, Any]) -> str:
+    """An md5 of the credentials: tells two sets apart without keeping them in a process-wide set."""
+    return hashlib.md5(json.dumps(secret_options, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _secret_values(value: Any) -> Iterator[str]:
+    """Every string of at least 4 characters inside a (nested) secret option value."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_values(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _secret_values(item)
+    elif isinstance(value, str) and len(value) >= 4:
+        yield value
 
 
 def _is_stale(rel: str, info: dict, older_than_s: float) -> bool:

@@ -5,10 +5,13 @@ The SUT's threading contract, the same under every scenario:
   sample, the next once it is answered; MultiStream: one query of N samples, the next once all are answered;
   Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not). It only
   hands each sample to a worker pool and returns at once, so Server arrivals are never delayed.
-- `workers` threads (loadgen_concurrency) run one inference each: several samples (of one MultiStream query, or
-  several Server queries) are in flight at once when workers > 1.
-- Each sample is answered by `QuerySamplesComplete` from the worker that ran it; its response buffer is a local
-  of that call's frame, alive until the call returns (LoadGen copies it before returning).
+- `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task;
+  a larger one (Offline, MultiStream) is split into runs of consecutive samples (`_chunks`: at most CHUNK_MAX, at
+  least CHUNKS_PER_WORKER runs per worker), each run inferred one sample after another by one worker. Several
+  samples (of one query, or several Server queries) are in flight at once when workers > 1.
+- A run's samples are answered together by one `QuerySamplesComplete` call from the worker that ran them, so the
+  thread hand-off and LoadGen's completion call are paid per run, not per sample; their response buffers are
+  kept alive until the call returns (LoadGen copies them before returning).
 - Every sample is answered exactly once, whatever happens: a failed inference is recorded in `errors` and
   answered empty (the run then fails with that error, see odbench/harness.py); after `request_stop` every
   outstanding and later sample is answered empty at once. Nothing raises into LoadGen's C++ threads (an
@@ -75,6 +78,18 @@ class SampleLibrary:
         return self._samples[idx]
 
 
+CHUNK_MAX = 64  # samples one worker runs before answering them together (Offline's one query of every sample)
+CHUNKS_PER_WORKER = 4  # a query splits into at least this many tasks per worker, so workers finish together
+
+
+def _chunks(count: int, workers: int) -> list[slice]:
+    """A query's samples in consecutive runs for the workers: a single sample alone (SingleStream, Server); larger
+    queries (Offline, MultiStream) in runs of up to CHUNK_MAX, so the per-task and per-answer overhead (thread
+    hand-off, LoadGen's completion call) is paid per run, not per sample."""
+    size = max(1, min(CHUNK_MAX, -(-count // (workers * CHUNKS_PER_WORKER))))
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
 class DetectionSUT:
     """LoadGen's SUT: each query sample becomes one inference on a worker thread, its outputs checked
     (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
@@ -104,12 +119,12 @@ class DetectionSUT:
             self.issued += len(samples)
         done = 0
         try:
-            for sample in samples:
+            for chunk in _chunks(len(samples), self.workers):
                 if self.stopping:
                     self._complete_empty([s.id for s in samples[done:]])
                     return
-                self.pool.submit(self._run_one, sample.id, sample.index)
-                done += 1
+                self.pool.submit(self._run_chunk, [(s.id, s.index) for s in samples[chunk]])
+                done = chunk.stop
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
             self._complete_empty([s.id for s in samples[done:]])
@@ -117,25 +132,40 @@ class DetectionSUT:
     def flush_queries(self) -> None:
         """Nothing to flush: no sample is ever held back (see the module docstring)."""
 
-    def _run_one(self, sample_id: int, qsl_idx: int) -> None:
-        """One sample on a worker thread: infer, answer, count."""
-        if self.stopping:
-            self._complete_empty([sample_id])
-            return
+    def _run_chunk(self, items: list[tuple[int, int]]) -> None:
+        """Samples (LoadGen's id, qsl_idx) on one worker thread, one after another, answered together."""
+        self._begin()
+        answers: list[tuple[int, np.ndarray]] = []
+        ran = 0
+        try:
+            for sample_id, qsl_idx in items:
+                if self.stopping:  # the rest of the run is answered empty, at once
+                    break
+                answers.append((sample_id, self._detect_or_record(qsl_idx)))
+                ran += 1
+        finally:
+            self._complete(answers + [(sample_id, _NO_ROWS) for sample_id, _ in items[len(answers):]])
+            self._end(ran)
+
+    def _detect_or_record(self, qsl_idx: int) -> np.ndarray:
+        """The sample's rows, or none (its error recorded: the run fails afterwards; LoadGen still gets an answer)."""
+        try:
+            return self._detect(qsl_idx)
+        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
+            self._record(err)
+            return _NO_ROWS
+
+    def _begin(self) -> None:
         with self._lock:
             if self.in_flight == 0:
                 self._busy_since = time.perf_counter()
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            rows = self._detect(qsl_idx)
-        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
-            self._record(err)
-            rows = _NO_ROWS
-        self._complete(sample_id, rows)
+
+    def _end(self, samples: int) -> None:
         with self._lock:
             self.in_flight -= 1
-            self.completed += 1
+            self.completed += samples
             if self.in_flight == 0:
                 self.busy_s += time.perf_counter() - self._busy_since
 
@@ -146,24 +176,29 @@ class DetectionSUT:
         self.outputs.add(qsl_idx, checked.problems)
         return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)
 
-    def _complete(self, sample_id: int, rows: np.ndarray) -> None:
-        """Answer one sample; `rows` stays alive (and contiguous) until LoadGen has copied it."""
+    def _complete(self, answers: list[tuple[int, np.ndarray]]) -> None:
+        """Answer samples (id, rows) in one call; each `rows` stays alive (contiguous) until LoadGen has copied it.
+        A sample whose response cannot be built is answered empty."""
         import mlperf_loadgen as lg
 
+        kept, responses, failed = [], [], []
+        for sample_id, rows in answers:
+            try:
+                rows = np.ascontiguousarray(rows, np.float32)
+                data = rows if rows.size else _EMPTY
+                responses.append(lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes))
+                kept.append(rows)
+            except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
+                self._record(err)
+                failed.append(sample_id)
+        if failed:
+            self._complete_empty(failed)
         try:
-            rows = np.ascontiguousarray(rows, np.float32)
-            data = rows if rows.size else _EMPTY
-            response = lg.QuerySampleResponse(sample_id, data.ctypes.data, rows.nbytes)
-        except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread; the sample is still answered
-            self._record(err)
-            self._complete_empty([sample_id])
-            return
-        try:
-            lg.QuerySamplesComplete([response])
+            lg.QuerySamplesComplete(responses)
         except BaseException as err:  # noqa: BLE001 — never into LoadGen's thread
             self._record(err)
             return
-        self._count_answers(1)
+        self._count_answers(len(responses))
 
     def _complete_empty(self, sample_ids: list[int]) -> None:
         try:

@@ -1,14 +1,23 @@
 """The LoadGen run as a task: cached in AccuracyOnly (same model, data and settings give the same
 detections), never in PerformanceOnly (a timing is a measurement, not a function of its inputs).
 It runs while holding the machine's accelerator slot (tasks/accelerator.py). A cached result is
-re-described for the run that reuses it (`for_this_run`), never passed off as that run's own."""
+re-described for the run that reuses it (`for_this_run`), never passed off as that run's own.
+
+On a shared root (a bucket several machines use) the key holds what changes detections from machine to
+machine: the onnxruntime version and the providers this machine will run for the requested device
+(resolved before the task, as the session will resolve them), and the GPU with its driver; so a GPU
+host is never served a CPU host's detections, nor the other way round.
+
+onnxruntime (1.2x+) writes a persistent telemetry device id under ~/.cache when its library loads,
+unless ORT_DISABLE_TELEMETRY is set then: a run writes nothing outside storage and temporary folders,
+so it is set here, before this process first loads onnxruntime (in `_engine` or the backend)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 
-import onnxruntime
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -16,6 +25,7 @@ from prefect.logging import get_run_logger
 
 from odbench import benchmark
 from odbench.accuracy import ENCODING_VERSION
+from odbench.backend import requested_providers
 from odbench.benchmark import BenchmarkResult
 from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
@@ -28,6 +38,8 @@ from odbench.storage import Storage
 from tasks.accelerator import exclusive_accelerator
 from tasks.serializer import DataSerializer
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when the library loads: see the module docstring
+
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     params: BenchmarkParams = p["params"]
@@ -35,15 +47,18 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
         return None
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
                      p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION,
-                     repr(params.loadgen_config), params.execution_device.lower(), params.cpu_threads,
-                     params.loadgen_concurrency, params.tolerate_bad_outputs, _engine())
+                     repr(params.loadgen_config), params.cpu_threads, params.loadgen_concurrency,
+                     params.tolerate_bad_outputs, _engine(params.execution_device))
 
 
-def _engine() -> tuple:
-    """What else decides the detections: the onnxruntime build and its providers, the GPU and its driver.
-    A package upgrade or a driver change is then a new key, measured afresh, never served from the cache."""
+def _engine(execution_device: str) -> tuple:
+    """What else decides the detections: the onnxruntime build, the providers that will run for
+    `execution_device` on this machine (`auto` is CUDA only where a GPU is present), the GPU and its
+    driver. A package upgrade, another device or a driver change is a new key, never served from the cache."""
+    import onnxruntime  # not at module level: ORT_DISABLE_TELEMETRY must be set first
+
     gpu = accelerator()
-    return onnxruntime.__version__, tuple(onnxruntime.get_available_providers()), gpu and (gpu.name, gpu.driver)
+    return onnxruntime.__version__, tuple(requested_providers(execution_device)), gpu and (gpu.name, gpu.driver)
 
 
 @task(name="inference", cache_policy=CachePolicy.from_cache_key_fn(_inference_key), persist_result=True,
