@@ -1,4 +1,9 @@
-"""onnxruntime sessions: choosing the execution provider honestly and running one model input."""
+"""onnxruntime sessions: choosing the execution provider honestly and running one model input.
+
+onnxruntime (1.2x+) writes a persistent telemetry device id under ~/.cache when its library loads, unless
+ORT_DISABLE_TELEMETRY is set by then; a run writes nothing outside storage and temporary folders, so this module
+(which every part of the project that runs onnxruntime imports first) sets it, and imports onnxruntime lazily.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from odbench import bounds
 from odbench.models import ModelSpec
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when the library loads: see the module docstring
 
 DEVICE_PROVIDERS = {
     "cpu": "CPUExecutionProvider",

@@ -7,16 +7,12 @@ On a shared root (a bucket several machines use) the key holds what changes dete
 machine: the onnxruntime version and the providers this machine will run for the requested device
 (resolved before the task, as the session will resolve them), and the GPU with its driver; so a GPU
 host is never served a CPU host's detections, nor the other way round.
-
-onnxruntime (1.2x+) writes a persistent telemetry device id under ~/.cache when its library loads,
-unless ORT_DISABLE_TELEMETRY is set then: a run writes nothing outside storage and temporary folders,
-so it is set here, before this process first loads onnxruntime (in `_engine` or the backend)."""
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
@@ -38,8 +34,6 @@ from odbench.storage import Storage
 from tasks.accelerator import exclusive_accelerator
 from tasks.serializer import DataSerializer
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when the library loads: see the module docstring
-
 
 def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     params: BenchmarkParams = p["params"]
@@ -55,7 +49,7 @@ def _engine(execution_device: str) -> tuple:
     """What else decides the detections: the onnxruntime build, the providers that will run for
     `execution_device` on this machine (`auto` is CUDA only where a GPU is present), the GPU and its
     driver. A package upgrade, another device or a driver change is a new key, never served from the cache."""
-    import onnxruntime  # not at module level: ORT_DISABLE_TELEMETRY must be set first
+    import onnxruntime  # not at module level: odbench.backend sets ORT_DISABLE_TELEMETRY first
 
     gpu = accelerator()
     return onnxruntime.__version__, tuple(requested_providers(execution_device)), gpu and (gpu.name, gpu.driver)
