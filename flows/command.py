@@ -53,6 +53,7 @@ def _parser(detect: Flow) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows.detect", description=detect.__doc__.splitlines()[0])
     add_param_arguments(parser)
     parser.add_argument("--storage_block", help="name of a saved BenchmarkStorage block")
+    parser.add_argument("--sources_block", help="name of a saved SourceMirrors block (mirrors of the sources)")
     parser.add_argument("--storage_url", help="storage root URL (default: $ODBENCH_STORAGE_URL or ~/.cache/odbench)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
@@ -68,7 +69,8 @@ def _detect(detect: Flow, args: argparse.Namespace) -> int:
     """One detect run from parsed options: the summary (and JSON) on stdout, or the reason on stderr."""
     logging.basicConfig(level=logging.WARNING)
     try:
-        out = detect(**params_from_args(args), storage_block=args.storage_block, storage_url=args.storage_url)
+        out = detect(**params_from_args(args), storage_block=args.storage_block, storage_url=args.storage_url,
+                     sources_block=args.sources_block)
     except Exception as err:  # noqa: BLE001 — the command line reports and exits non-zero
         print(f"detect failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -15,11 +15,12 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from blocks.sources import SourceMirrors
 from blocks.storage import resolve_storage
 from odbench.backend import ExecutionDevice
 from odbench.cli import log_level
 from odbench.compliance import ComplianceTest
-from odbench.dataset import fingerprint, parse_dataset_url
+from odbench.dataset import DatasetSource, fingerprint, parse_dataset_url
 from odbench.loadgen_settings import Mode, Profile, Scenario
 from odbench.model_store import STANDIN, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
@@ -27,6 +28,7 @@ from odbench.models import ModelName
 from odbench.params import BenchmarkParams
 from odbench.preprocess import ResizeDtype, preprocessed_files
 from odbench.redact import redact_text, redact_url
+from odbench.retry import RetryPolicy
 from odbench.storage import Storage
 from tasks.data import download_dataset, preprocess_images
 from tasks.inference import for_this_run, run_inference
@@ -34,6 +36,7 @@ from tasks.model import fetch_model
 from tasks.report import publish_artifacts, slug
 
 D = BenchmarkParams()  # the defaults, declared once
+TASK_RETRIES = 2  # Prefect retries of a fetching task that failed transiently (after the core's own retries)
 
 
 def run_name() -> str:
@@ -88,8 +91,11 @@ def detect(
     model_url: str | None = D.model_url,
     model_md5: str | None = D.model_md5,
     tolerate_bad_outputs: bool = D.tolerate_bad_outputs,
+    dataset_mirrors: list[str] | None = None,
+    model_mirrors: list[str] | None = None,
     storage_block: str | None = None,
     storage_url: str | None = None,
+    sources_block: str | None = None,
 ) -> dict[str, Any]:
     """Fetch COCO and the model, preprocess, run LoadGen, score mAP, publish artifacts.
 
@@ -148,17 +154,26 @@ def detect(
         tolerate_bad_outputs: Drop and count detections that break the model's spec (non-finite values, labels
             outside its label space, boxes far outside the image, more than the spec allows) instead of
             failing the run; the counts are in the result either way.
+        dataset_mirrors: Folder URLs each holding the official COCO archives under their own names
+            (val2017.zip, annotations_trainval2017.zip), tried in order before the COCO server; the first that
+            answers and verifies wins. Only with dataset_url unset. Unset: the sources_block's, if any.
+        model_mirrors: URLs of the same model file (same md5), tried in order before model_url or the
+            registry's URL. Unset: the sources_block's mirrors of this model, if any.
         storage_block: Name of a saved BenchmarkStorage block: where sources, models, runs and history live.
         storage_url: Storage root URL when no block is given (default: $ODBENCH_STORAGE_URL or
             ~/.cache/odbench).
+        sources_block: Name of a saved SourceMirrors block: mirrors of the COCO archives (or md5s of other
+            archives its mirrors serve) and of each model; dataset_mirrors / model_mirrors given here win.
     """
     arguments = locals()
     params = BenchmarkParams(**{f.name: arguments[f.name] for f in fields(BenchmarkParams)})
     logging.getLogger("odbench").setLevel(log_level(verbosity))
     block = resolve_storage(storage_block, storage_url)
     storage, result_storage, locks = block.storage(), block.result_storage(), block.lock_manager()
-    source = parse_dataset_url(dataset_url, loadgen_dataset_size)
+    source, mirrors = _sources(params, sources_block)
     states: dict[str, str] = {}
+    policy = RetryPolicy.from_env()
+    retries = [policy.delay(number) for number in range(1, TASK_RETRIES + 1)]
 
     def run(task, *args, outputs: Callable[[Any], Iterable[str]], verify: Callable[[Any], str | None] = _fine,
             **kwargs):
@@ -168,8 +183,11 @@ def detect(
             # None, not False: PREFECT_TASKS_REFRESH_CACHE=true still forces a refresh
             # SERIALIZABLE: of two runs that need the same step, one computes it, the other waits and reuses it
             policy = task.cache_policy.configure(lock_manager=locks, isolation_level="SERIALIZABLE")
+            # the fetching tasks (those with a retry condition) retry transient failures, with the core's backoff
+            again = dict(retries=len(retries), retry_delay_seconds=retries) if task.retry_condition_fn and retries \
+                else {}
             configured = task.with_options(result_storage=result_storage, refresh_cache=refresh or None,
-                                           cache_policy=policy)
+                                           cache_policy=policy, **again)
             return configured(*args, **kwargs, storage=storage, return_state=True)
 
         state = call(False)
@@ -187,13 +205,26 @@ def detect(
     dtype = params.preprocess_resize_dtype
     run(preprocess_images, manifest, resolution, resize_dtype=dtype,
         outputs=lambda _: preprocessed_files(manifest, resolution, resize_dtype=dtype))
-    model = run(fetch_model, params.spec, model_url, model_md5, model_fingerprint(params.spec, model_url, model_md5),
+    model = run(fetch_model, params.spec, model_url, model_md5,
+                model_fingerprint(params.spec, model_url, model_md5, mirrors), mirrors=mirrors,
                 outputs=lambda m: m.files, verify=lambda m: check_stored(m, storage))
     model = replace(model, source=redact_url(model_url) or params.spec.url)
     result = run(run_inference, params, manifest, model, outputs=lambda r: r.files)
     result = for_this_run(result, manifest.source, model.source, reused=states[run_inference.name] == "Cached")
     publish_artifacts(result)
     return {**result.to_json(), "task_states": states}
+
+
+def _sources(params: BenchmarkParams, sources_block: str | None) -> tuple[DatasetSource, tuple[str, ...]]:
+    """The dataset source and the model's mirror URLs: the parameters' mirrors, else the block's."""
+    block = SourceMirrors.load(sources_block) if sources_block else None
+    model_mirrors = params.model_mirrors
+    if model_mirrors is None:
+        model_mirrors = tuple(block.for_model(params.spec.name)) if block else ()
+    if params.dataset_url or not block:
+        return parse_dataset_url(params.dataset_url, params.loadgen_dataset_size, params.dataset_mirrors or ()), \
+            model_mirrors
+    return block.archives(params.dataset_mirrors), model_mirrors
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,12 +372,12 @@ def run_benchmark(params: BenchmarkParams, storage: Storage | None = None) -> Be
     """The whole benchmark in one process, no Prefect: data, preprocessing, model, LoadGen, accuracy."""
     storage = storage or Storage()
     with step("download"):
-        source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size)
+        source = parse_dataset_url(params.dataset_url, params.loadgen_dataset_size, params.dataset_mirrors or ())
         manifest = ingest(source, params.loadgen_dataset_size, storage, LogProgress("download images", log))
     with step("preprocess"):
         preprocess(manifest, params.spec.resolution, storage, progress=LogProgress("preprocess", log),
                    resize_dtype=params.preprocess_resize_dtype)
     with step("fetch-model"):
-        model = fetch_model(params.spec, params.model_url, params.model_md5, storage)
+        model = fetch_model(params.spec, params.model_url, params.model_md5, storage, params.model_mirrors or ())
     with step("inference"):
         return run_inference(params, manifest, model, storage)

@@ -27,22 +27,25 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def _option_type(hint: Any) -> tuple[Any, tuple | None]:
-    """The argparse type and choices of a field: `int`, `float | None`, `bool`, `Literal[...]`."""
+def _option_type(hint: Any) -> tuple[Any, tuple | None, str | None]:
+    """The argparse type, choices and nargs of a field: `int`, `float | None`, `bool`, `Literal[...]`,
+    `tuple[str, ...]` (one or more values: `--dataset_mirrors URL1 URL2`)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if typing.get_origin(hint) is typing.Literal:
-        return str, typing.get_args(hint)
+        return str, typing.get_args(hint), None
+    if typing.get_origin(hint) in (tuple, list):
+        return typing.get_args(hint)[0], None, "+"
     if hint is bool:
-        return parse_bool, None
-    return hint, None
+        return parse_bool, None, None
+    return hint, None, None
 
 
 def add_param_arguments(parser: argparse.ArgumentParser) -> None:
     defaults, hints = BenchmarkParams(), typing.get_type_hints(BenchmarkParams)
     for f in fields(BenchmarkParams):
-        kind, choices = _option_type(hints[f.name])
-        parser.add_argument(f"--{f.name}", type=kind, choices=choices, default=getattr(defaults, f.name),
+        kind, choices, nargs = _option_type(hints[f.name])
+        parser.add_argument(f"--{f.name}", type=kind, choices=choices, nargs=nargs, default=getattr(defaults, f.name),
                             metavar="{true,false}" if kind is parse_bool else None,
                             help=f"default: {getattr(defaults, f.name)!r}")
 

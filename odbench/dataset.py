@@ -15,20 +15,22 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, unquote, urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from odbench import coco, synthetic
+from odbench import coco, remote_zip, synthetic
 from odbench.fetch import (
     SourceUnavailableError,
     StoredFile,
     aiohttp_errors,
+    as_urls,
+    content_path,
     fetch,
     has_change_stamp,
     info_signature,
@@ -36,6 +38,7 @@ from odbench.fetch import (
     store_bytes,
 )
 from odbench.limits import LimitExceededError, Limits
+from odbench.progress import ProgressFactory
 from odbench.redact import redact_text, redact_url
 from odbench.storage import Storage, UnsafePathError, safe_rel
 
@@ -48,21 +51,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ArchiveSource:
-    """The two official archive layouts at some URL (the COCO server or a mirror), with md5s."""
+    """The two official archive layouts, each an ordered list of URLs (the COCO server, mirrors) with one md5.
 
-    images_url: str
+    A URL or a list may be given for each; both are kept as tuples. The md5s are the source's identity
+    (its cache key): the same archives from another mirror are the same source."""
+
+    images_urls: tuple[str, ...]
     images_md5: str
-    annotations_url: str
+    annotations_urls: tuple[str, ...]
     annotations_md5: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images_urls", as_urls(self.images_urls))
+        object.__setattr__(self, "annotations_urls", as_urls(self.annotations_urls))
+
     def describe(self) -> str:
-        return f"archives {redact_url(self.images_url)} + {redact_url(self.annotations_url)}"
+        more = len(self.images_urls) - 1
+        mirrors = f" (+{more} mirror{'s' if more > 1 else ''})" if more else ""
+        return f"archives {redact_url(self.images_urls[0])} + {redact_url(self.annotations_urls[0])}{mirrors}"
+
+    def with_mirrors(self, bases: Sequence[str]) -> ArchiveSource:
+        """These archives, first from each mirror folder in `bases` (holding both under their official file
+        names), then from the URLs they had."""
+        images_name, annotations_name = (url_file_name(urls[0], "") for urls in (self.images_urls,
+                                                                                  self.annotations_urls))
+        images = tuple(f"{base.rstrip('/')}/{images_name}" for base in bases)
+        annotations = tuple(f"{base.rstrip('/')}/{annotations_name}" for base in bases)
+        return replace(self, images_urls=(*images, *self.images_urls),
+                       annotations_urls=(*annotations, *self.annotations_urls))
 
 
 OFFICIAL_COCO_VAL2017 = ArchiveSource(
-    images_url="http://images.cocodataset.org/zips/val2017.zip",
+    images_urls=("http://images.cocodataset.org/zips/val2017.zip",),
     images_md5="442b8da7639aecaf257c1dceb8ba8c80",
-    annotations_url="http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+    annotations_urls=("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",),
     annotations_md5="f4bbac642086de4f52a3fdda2de5fa2c",
 )
 
@@ -110,10 +132,16 @@ class SyntheticSource:
 DatasetSource = ArchiveSource | FolderSource | SyntheticSource
 
 
-def parse_dataset_url(dataset_url: str | None, dataset_size: int) -> DatasetSource:
-    """Unset: the official archives; `synthetic`: the generated set; anything else: a folder URL."""
+def parse_dataset_url(dataset_url: str | None, dataset_size: int, mirrors: Sequence[str] = (),
+                      archives: ArchiveSource = OFFICIAL_COCO_VAL2017) -> DatasetSource:
+    """Unset: the official archives (`archives`), first from the `mirrors` folders; `synthetic`: the
+    generated set; anything else: a folder URL (which takes no mirrors)."""
     if not dataset_url:
-        return OFFICIAL_COCO_VAL2017
+        return archives.with_mirrors(mirrors)
+    if mirrors:
+        raise ValueError(f"dataset_mirrors are mirrors of the official archives, but dataset_url="
+                         f"{redact_url(dataset_url)!r} names another source: leave dataset_url unset to use them, "
+                         "or drop dataset_mirrors")
     if dataset_url == "synthetic":
         source = SyntheticSource(num_images=max(SyntheticSource.num_images, dataset_size))
         Limits.from_env().check("max_synthetic_images", source.num_images,
@@ -252,13 +280,15 @@ def _read_url(url: str) -> bytes:
     return data
 
 
-def ingest(source: DatasetSource, n: int, storage: Storage, progress: Progress | None = None) -> DatasetManifest:
+def ingest(source: DatasetSource, n: int, storage: Storage, progress: Progress | None = None,
+           byte_progress: ProgressFactory | None = None) -> DatasetManifest:
     """Bring the annotation file and the first n images of `source` into storage; return the manifest.
-    Stale temporaries of interrupted ingests (see `Storage.remove_stale_temporaries`) go first."""
+    Stale temporaries of interrupted ingests (see `Storage.remove_stale_temporaries`) go first.
+    `progress` counts images, `byte_progress` makes the byte counters of whole-file downloads."""
     for folder in ("sources", "datasets"):
         storage.remove_stale_temporaries(folder)
     if isinstance(source, ArchiveSource):
-        manifest = _ingest_archives(source, n, storage, progress)
+        manifest = _ingest_archives(source, n, storage, progress, byte_progress)
     elif isinstance(source, SyntheticSource):
         manifest = _ingest_synthetic(source, n, storage, progress)
     else:
@@ -267,23 +297,42 @@ def ingest(source: DatasetSource, n: int, storage: Storage, progress: Progress |
     return manifest
 
 
-def _ingest_archives(source: ArchiveSource, n: int, storage: Storage, progress: Progress | None) -> DatasetManifest:
-    ann_zip = fetch(source.annotations_url, storage, "sources",
-                    url_file_name(source.annotations_url, "annotations.zip"), source.annotations_md5)
-    ann_bytes = read_zip_members(storage, ann_zip.rel, [ANNOTATIONS_MEMBER],
-                                 "max_annotation_bytes")[ANNOTATIONS_MEMBER]
-    ann = store_bytes(ann_bytes, storage, "sources", Path(ANNOTATIONS_MEMBER).name)
-    images = coco.first_n(coco.images_in_order(coco.parse_annotations(ann_bytes)), n)
-    img_zip = fetch(source.images_url, storage, "sources", url_file_name(source.images_url, "images.zip"),
-                    source.images_md5)
-    members = [f"{IMAGES_DIR}/{im.file_name}" for im in images]
-    blobs = read_zip_members(storage, img_zip.rel, members, "max_image_bytes")
-    stored = []
-    for done, (im, member) in enumerate(zip(images, members), 1):
-        stored.append(_stored_image(im, store_bytes(blobs[member], storage, "sources", im.file_name)))
+def _ingest_archives(source: ArchiveSource, n: int, storage: Storage, progress: Progress | None,
+                     byte_progress: ProgressFactory | None) -> DatasetManifest:
+    """The annotation member, then the first n image members: read alone where the server allows Range."""
+    ann = _archive_members(source.annotations_urls, source.annotations_md5, "annotations.zip",
+                           {ANNOTATIONS_MEMBER: Path(ANNOTATIONS_MEMBER).name}, storage, "max_annotation_bytes",
+                           None, byte_progress)[ANNOTATIONS_MEMBER]
+    images = coco.first_n(coco.images_in_order(coco.parse_annotations(storage.read_bytes(ann.rel))), n)
+    members = {f"{IMAGES_DIR}/{im.file_name}": im.file_name for im in images}
+    stored = _archive_members(source.images_urls, source.images_md5, "images.zip", members, storage,
+                              "max_image_bytes", progress, byte_progress)
+    return DatasetManifest(source.describe(), ann.rel, ann.md5,
+                           tuple(_stored_image(im, stored[m]) for im, m in zip(images, members)))
+
+
+def _archive_members(urls: tuple[str, ...], md5: str, fallback: str, members: dict[str, str], storage: Storage,
+                     limit: str, progress: Progress | None,
+                     byte_progress: ProgressFactory | None) -> dict[str, StoredFile]:
+    """`members` of the archive at `urls` (member -> name to store it under) in storage: from the whole
+    archive when storage holds it, else each over Range (odbench.remote_zip); where a server ignores Range,
+    the whole archive is downloaded once (its md5 checked) and kept for later runs."""
+    name = url_file_name(urls[0], fallback)
+    whole = content_path("sources", md5, name)
+    if not storage.exists(whole):
+        try:
+            return remote_zip.fetch_members(urls, md5, name, members, storage, limit, progress=progress)
+        except remote_zip.RangeNotSupportedError as err:
+            log.info("%s: downloading the whole archive once instead (its md5 is checked; later runs reuse it)",
+                     err)
+            whole = fetch(urls, storage, "sources", name, md5, progress=byte_progress).rel
+    blobs = read_zip_members(storage, whole, list(members), limit)
+    stored = {}
+    for done, (member, file_name) in enumerate(members.items(), 1):
+        stored[member] = store_bytes(blobs[member], storage, "sources", file_name)
         if progress:
-            progress(done, n)
-    return DatasetManifest(source.describe(), ann.rel, ann.md5, tuple(stored))
+            progress(done, len(members))
+    return stored
 
 
 def _ingest_folder(source: FolderSource, n: int, storage: Storage, progress: Progress | None) -> DatasetManifest:

@@ -14,6 +14,8 @@ that names the limit, the value and the environment variable that raises it.
 | annotation file size   | ODBENCH_MAX_ANNOTATION_BYTES  | 1 GiB (1073741824)          |
 | synthetic images       | ODBENCH_MAX_SYNTHETIC_IMAGES  | 5000                        |
 | image pixels (w × h)   | ODBENCH_MAX_IMAGE_PIXELS      | 50000000 (50 megapixels)    |
+| members of a zip read over Range | ODBENCH_MAX_ARCHIVE_MEMBERS | 1000000            |
+| its central directory  | ODBENCH_MAX_ZIP_DIRECTORY_BYTES | 256 MiB (268435456)       |
 
 Values are positive integers (underscores allowed: `2_000_000_000`). `Limits.from_env()` reads them
 when called, so a changed environment applies to the next step.
@@ -62,6 +64,10 @@ class Limits:
     max_annotation_bytes: int = _limit(GIB, "ODBENCH_MAX_ANNOTATION_BYTES", "annotation file size", " bytes")
     max_synthetic_images: int = _limit(5000, "ODBENCH_MAX_SYNTHETIC_IMAGES", "synthetic dataset size", " images")
     max_image_pixels: int = _limit(50_000_000, "ODBENCH_MAX_IMAGE_PIXELS", "image size", " pixels")
+    max_archive_members: int = _limit(1_000_000, "ODBENCH_MAX_ARCHIVE_MEMBERS", "zip archive member count",
+                                      " members")
+    max_zip_directory_bytes: int = _limit(256 * MIB, "ODBENCH_MAX_ZIP_DIRECTORY_BYTES",
+                                          "zip central directory read", " bytes")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

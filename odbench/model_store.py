@@ -9,12 +9,23 @@ import hashlib
 import inspect
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from odbench import standin
-from odbench.fetch import StoredFile, fetch, has_change_stamp, info_signature, md5_bytes, store_bytes, url_info
+from odbench.dataset import url_file_name
+from odbench.fetch import (
+    StoredFile,
+    fetch,
+    first_that_works,
+    has_change_stamp,
+    info_signature,
+    md5_bytes,
+    store_bytes,
+    url_info,
+)
 from odbench.models import ModelSpec
+from odbench.progress import ProgressFactory
 from odbench.redact import redact_url
 from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
@@ -48,43 +59,54 @@ def _standin_builder_digest() -> str:
     return hashlib.md5(inspect.getsource(standin).encode()).hexdigest()
 
 
-def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None) -> str:
-    """A content-derived key: the expected md5, or the stand-in builder's digest, or (a URL without
-    md5) the URL with its file's size and change stamps, so a replaced file is a new model."""
+def model_urls(spec: ModelSpec, model_url: str | None, mirrors: Sequence[str] = ()) -> tuple[str, ...]:
+    """The URLs of the model file in the order they are tried: the user's mirrors, then `model_url` or,
+    unset, the registry's URLs (its own mirrors included)."""
+    return (*mirrors, *((model_url,) if model_url else spec.urls))
+
+
+def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None, mirrors: Sequence[str] = ()) -> str:
+    """A content-derived key: the expected md5 (whichever mirror serves it), or the stand-in builder's
+    digest, or (a URL without md5) the first answering URL with its file's size and change stamps, so a
+    replaced file is a new model."""
     if model_url == STANDIN:
         return f"standin:{spec.name}:{_standin_builder_digest()}"
     if not model_url:
         return f"md5:{spec.md5}"
     if model_md5:
         return f"md5:{model_md5}"
-    info = url_info(model_url)
+    urls = model_urls(spec, model_url, mirrors)
+    url, info = first_that_works(urls, lambda u: (u, url_info(u)), f"model {spec.name}")
     if not has_change_stamp(info):
         log.warning("%s gives no modification time or ETag: it is fetched on every run (pass model_md5 "
-                    "to reuse it)", redact_url(model_url))
-        return f"url:{model_url}:unversioned:{uuid.uuid4().hex}"
-    return f"url:{model_url}:{info_signature(info)}"
+                    "to reuse it)", redact_url(url))
+        return f"url:{url}:unversioned:{uuid.uuid4().hex}"
+    return f"url:{url}:{info_signature(info)}"
 
 
-def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredModel:
-    """Fetch or build the model, store it under models/<name>/<md5>/, and validate its I/O.
-    A stored copy that no longer matches its md5 is removed and fetched (or built) again."""
-    stored = _store(spec, model_url, model_md5, storage)
+def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage,
+                mirrors: Sequence[str] = (), progress: ProgressFactory | None = None) -> StoredModel:
+    """Fetch (from the first of the mirrors and URLs that answers and verifies) or build the model, store it
+    under models/<name>/<md5>/, and validate its I/O. A stored copy that no longer matches its md5 is
+    removed and fetched (or built) again."""
+    stored = _store(spec, model_url, model_md5, storage, mirrors, progress)
     data = storage.read_bytes(stored.rel)
     if (found := md5_bytes(data)) != stored.md5:
         _remove_corrupt(stored.rel, stored.md5, found, storage)
-        stored = _store(spec, model_url, model_md5, storage)
+        stored = _store(spec, model_url, model_md5, storage, mirrors, progress)
         data = storage.read_bytes(stored.rel)
     _validate_or_remove(data, stored, spec, storage)
     return StoredModel(spec.name, stored.rel, stored.md5, model_url == STANDIN, redact_url(model_url) or spec.url)
 
 
-def _store(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage) -> StoredFile:
+def _store(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage,
+           mirrors: Sequence[str], progress: ProgressFactory | None) -> StoredFile:
     kind = f"models/{spec.name}"
     if model_url == STANDIN:
         return store_bytes(standin.build_standin(spec), storage, kind, f"{spec.name}-standin.onnx")
-    url = model_url or spec.url
     md5 = model_md5 or (spec.md5 if not model_url else None)
-    return fetch(url, storage, kind, Path(url).name or f"{spec.name}.onnx", md5)
+    name = url_file_name(model_url or spec.url, f"{spec.name}.onnx")
+    return fetch(model_urls(spec, model_url, mirrors), storage, kind, name, md5, progress=progress)
 
 
 def _validate_or_remove(data: bytes, stored: StoredFile, spec: ModelSpec, storage: Storage) -> None:

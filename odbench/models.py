@@ -53,6 +53,12 @@ class ModelSpec:
     std: tuple[float, float, float] | None
     loadgen_model: str  # the key of LoadGen's official settings (mlperf.conf)
     reference_map: float  # the real model's COCO mAP (percent), for orientation only
+    mirrors: tuple[str, ...] = ()  # other URLs of the same file (same md5), tried in order after `url`
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every URL of the official file, in the order they are tried."""
+        return (self.url, *self.mirrors)
 
     @property
     def file_name(self) -> str:

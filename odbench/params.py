@@ -17,6 +17,7 @@ from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig, 
 from odbench.models import ModelName, ModelSpec, get_spec
 from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_dtype
 
+MAX_MIRRORS = 16  # URLs per mirror list
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
 # the names the current axs workflow uses -> the parameter each is another name for
 ALIASES = {"loadgen_query_count": "loadgen_count_override", "loadgen_duration_s": "loadgen_min_duration_s"}
@@ -53,6 +54,8 @@ class BenchmarkParams:
     model_url: str | None = None  # None: the registry's URL; "standin"; or any model file URL/path
     model_md5: str | None = None
     tolerate_bad_outputs: bool = False  # True: drop and count bad detections instead of failing the run
+    dataset_mirrors: tuple[str, ...] | None = None  # folders holding the official COCO archives, tried first
+    model_mirrors: tuple[str, ...] | None = None  # URLs of the same model file (same md5), tried first
 
     def __post_init__(self) -> None:
         """Fail on bad values before anything is downloaded."""
@@ -72,6 +75,25 @@ class BenchmarkParams:
         if not isinstance(self.tolerate_bad_outputs, bool):
             raise ValueError(f"tolerate_bad_outputs={self.tolerate_bad_outputs!r} is not a boolean: use true or false")
         self._check_buffer_memory()
+        self._check_mirrors()
+
+    def _check_mirrors(self) -> None:
+        """Mirror lists: at most MAX_MIRRORS non-empty URL strings each, kept as tuples; dataset mirrors
+        only for the official archives (dataset_url unset), model mirrors not for the stand-in."""
+        for name in ("dataset_mirrors", "model_mirrors"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(u, str) and u.strip() for u in value):
+                raise ValueError(f"{name}={value!r} must be a list of URLs (e.g. --{name} URL1 URL2)")
+            if len(value) > MAX_MIRRORS:
+                raise ValueError(f"{name} lists {len(value)} URLs, more than {MAX_MIRRORS}: keep the nearest few")
+            object.__setattr__(self, name, tuple(u.strip() for u in value))
+        if self.dataset_mirrors and self.dataset_url:
+            raise ValueError("dataset_mirrors are mirrors of the official COCO archives: leave dataset_url unset to "
+                             f"use them, or drop them to read dataset_url={self.dataset_url!r}")
+        if self.model_mirrors and self.model_url == "standin":
+            raise ValueError("model_mirrors with model_url=standin: the stand-in is built, not fetched; drop one")
 
     def _check_aliases(self) -> None:
         """An alias and the parameter it aliases may both be given only with the same value."""

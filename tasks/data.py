@@ -6,11 +6,13 @@ folder, which holds both dtypes' samples, takes both dtypes' records as one grou
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
+from prefect.states import State
 
 from odbench import dataset
 from odbench.cache_keys import cache_key
@@ -25,6 +27,7 @@ from odbench.preprocess import (
 )
 from odbench.progress import LogProgress
 from odbench.redact import redact_text, redact_url
+from odbench.retry import is_transient
 from odbench.storage import Storage
 from tasks.serializer import DataSerializer
 
@@ -39,19 +42,26 @@ def _preprocess_key(_: TaskRunContext, p: dict) -> str:
                      PREPROCESS_VERSION, resize_dtype)
 
 
-class _Progress(LogProgress):
-    """Core progress, also shown as a Prefect progress artifact."""
+class TaskProgress(LogProgress):
+    """Core progress (count or bytes, rate, ETA) in the task's log, also shown as a Prefect progress artifact."""
 
-    def __init__(self, what: str):
-        super().__init__(what, get_run_logger())
+    def __init__(self, what: str, unit: str = ""):
+        super().__init__(what, get_run_logger(), unit=unit)
         self.artifact = create_progress_artifact(0.0, description=what)
 
     def report(self, percent: float) -> None:
         update_progress_artifact(self.artifact, percent)
 
 
+def retry_on_transient(_task: Task, _run: TaskRun, state: State) -> bool:
+    """Prefect's retry condition of the fetching tasks: only a transient failure (odbench.retry) is retried,
+    never a checksum, CRC, limit or contract error."""
+    err = state.result(raise_on_failure=False)
+    return isinstance(err, BaseException) and is_transient(err)
+
+
 @task(name="download", cache_policy=CachePolicy.from_cache_key_fn(_download_key), persist_result=True,
-      result_serializer=DataSerializer())
+      result_serializer=DataSerializer(), retry_condition_fn=retry_on_transient)
 def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str, storage: Storage) -> DatasetManifest:
     """The annotation file and the first N images of the source, verified, in storage.
 
@@ -59,7 +69,8 @@ def download_dataset(source: DatasetSource, dataset_size: int, fingerprint: str,
     that a failure to reach the source is an error of the flow, not a silently skipped cache key."""
     get_run_logger().info("fetching the first %d images of %s into %s", dataset_size, redact_text(source.describe()),
                           redact_url(storage.uri()))
-    return dataset.ingest(source, dataset_size, storage, _Progress(f"download {dataset_size} images"))
+    return dataset.ingest(source, dataset_size, storage, TaskProgress(f"download {dataset_size} images"),
+                          byte_progress=TaskProgress)
 
 
 @task(name="preprocess", cache_policy=CachePolicy.from_cache_key_fn(_preprocess_key), persist_result=True,
@@ -68,7 +79,7 @@ def preprocess_images(manifest: DatasetManifest, resolution: int, storage: Stora
                       resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
     """Every image of the manifest as RGB at resolution x resolution, resized in `resize_dtype`
     (odbench.preprocess: uint8, or float32 as the MLPerf reference does), in storage."""
-    done = preprocess(manifest, resolution, storage, progress=_Progress(f"preprocess at {resolution}px {resize_dtype}"),
-                      resize_dtype=resize_dtype)
+    progress = TaskProgress(f"preprocess at {resolution}px {resize_dtype}")
+    done = preprocess(manifest, resolution, storage, progress=progress, resize_dtype=resize_dtype)
     get_run_logger().info("%d images at %dpx, %s (%d new)", done.count, resolution, resize_dtype, done.created)
     return done

@@ -13,6 +13,7 @@ from odbench.model_store import StoredModel
 from odbench.models import ModelSpec
 from odbench.redact import redact_url
 from odbench.storage import Storage
+from tasks.data import TaskProgress, retry_on_transient
 from tasks.serializer import DataSerializer
 
 
@@ -21,13 +22,15 @@ def _model_key(_: TaskRunContext, p: dict) -> str:
 
 
 @task(name="fetch-model", cache_policy=CachePolicy.from_cache_key_fn(_model_key), persist_result=True,
-      result_serializer=DataSerializer())
+      result_serializer=DataSerializer(), retry_condition_fn=retry_on_transient)
 def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, fingerprint: str,
-                storage: Storage) -> StoredModel:
-    """The model file (registry URL, any URL, or the stand-in), validated, in storage.
+                storage: Storage, mirrors: tuple[str, ...] = ()) -> StoredModel:
+    """The model file (its mirrors first, then the registry URL or any URL; or the stand-in), validated,
+    in storage; bytes, rate and ETA of a large download in the log and a progress artifact.
 
-    `fingerprint` is `odbench.model_store.fingerprint(...)`, computed by the caller (see download)."""
-    model = model_store.fetch_model(spec, model_url, model_md5, storage)
+    `fingerprint` is `odbench.model_store.fingerprint(...)`, computed by the caller (see download); the
+    mirrors are not in the key, which is content (the md5), not where it came from."""
+    model = model_store.fetch_model(spec, model_url, model_md5, storage, mirrors, progress=TaskProgress)
     kind = "STAND-IN " if model.stand_in else ""
     get_run_logger().info("%smodel %s md5 %s at %s", kind, spec.name, model.md5, redact_url(storage.uri(model.rel)))
     return model
