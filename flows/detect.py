@@ -22,7 +22,7 @@ from odbench.cli import log_level
 from odbench.compliance import ComplianceTest
 from odbench.dataset import DatasetSource, fingerprint, parse_dataset_url
 from odbench.loadgen_settings import Mode, Profile, Scenario
-from odbench.model_store import STANDIN, check_stored
+from odbench.model_store import STANDINS, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
 from odbench.params import BenchmarkParams
@@ -42,7 +42,7 @@ TASK_RETRIES = 2  # Prefect retries of a fetching task that failed transiently (
 def run_name() -> str:
     """Flow runs are named after what they run: `retinanet-offline-performanceonly[-standin]`."""
     p = flow_run.parameters
-    kind = ("standin",) if p.get("model_url") == STANDIN else ()
+    kind = ("standin",) if p.get("model_url") in STANDINS else ()
     return slug(p.get("model_name", D.model_name), p.get("loadgen_scenario", D.loadgen_scenario),
                 p.get("loadgen_mode", D.loadgen_mode), *kind)
 
@@ -148,8 +148,9 @@ def detect(
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.
         dataset_url: Unset for the official COCO 2017 val archives, `synthetic` for a generated set, or the URL
             of a COCO-layout folder (annotations/instances_val2017.json, val2017/*.jpg).
-        model_url: Unset for the registry's official file, `standin` for a stand-in with the real I/O
-            contract (its numbers are not the real model's), or any model file URL.
+        model_url: Unset for the registry's official file, `standin` for a small stand-in with the real I/O
+            contract, `standin-full` for an architecture-faithful full-size one (docs/standins.md; stand-in
+            numbers are not the real model's), or any model file URL.
         model_md5: Expected md5 of the file at model_url; a mismatch fails the run.
         tolerate_bad_outputs: Drop and count detections that break the model's spec (non-finite values, labels
             outside its label space, boxes far outside the image, more than the spec allows) instead of

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from odbench import standin
+from odbench import onnx_builder, standin, standin_full
 from odbench.dataset import url_file_name
 from odbench.fetch import (
     StoredFile,
@@ -31,7 +31,11 @@ from odbench.storage import Storage
 from odbench.validation import ModelContractError, validate_model
 
 log = logging.getLogger(__name__)
-STANDIN = "standin"
+STANDIN, STANDIN_FULL = "standin", "standin-full"
+# per stand-in kind: the builder modules (their source is the cache key) and the build function
+_BUILDERS = {STANDIN: ((standin,), standin.build_standin),
+             STANDIN_FULL: ((standin_full, onnx_builder, standin), standin_full.build_full_standin)}
+STANDINS: tuple[str, ...] = tuple(_BUILDERS)
 CHUNK = 1 << 20
 
 
@@ -54,9 +58,10 @@ class StoredModel:
         return (self.rel,)
 
 
-def _standin_builder_digest() -> str:
+def _standin_builder_digest(model_url: str = STANDIN) -> str:
     """The stand-in builder's own source: a new builder means a new model, and a new cache key."""
-    return hashlib.md5(inspect.getsource(standin).encode()).hexdigest()
+    modules, _ = _BUILDERS[model_url]
+    return hashlib.md5("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
 
 
 def model_urls(spec: ModelSpec, model_url: str | None, mirrors: Sequence[str] = ()) -> tuple[str, ...]:
@@ -69,8 +74,8 @@ def fingerprint(spec: ModelSpec, model_url: str | None, model_md5: str | None, m
     """A content-derived key: the expected md5 (whichever mirror serves it), or the stand-in builder's
     digest, or (a URL without md5) the first answering URL with its file's size and change stamps, so a
     replaced file is a new model."""
-    if model_url == STANDIN:
-        return f"standin:{spec.name}:{_standin_builder_digest()}"
+    if model_url in _BUILDERS:
+        return f"{model_url}:{spec.name}:{_standin_builder_digest(model_url)}"
     if not model_url:
         return f"md5:{spec.md5}"
     if model_md5:
@@ -96,14 +101,14 @@ def fetch_model(spec: ModelSpec, model_url: str | None, model_md5: str | None, s
         stored = _store(spec, model_url, model_md5, storage, mirrors, progress)
         data = storage.read_bytes(stored.rel)
     _validate_or_remove(data, stored, spec, storage)
-    return StoredModel(spec.name, stored.rel, stored.md5, model_url == STANDIN, redact_url(model_url) or spec.url)
+    return StoredModel(spec.name, stored.rel, stored.md5, model_url in _BUILDERS, redact_url(model_url) or spec.url)
 
 
 def _store(spec: ModelSpec, model_url: str | None, model_md5: str | None, storage: Storage,
            mirrors: Sequence[str], progress: ProgressFactory | None) -> StoredFile:
     kind = f"models/{spec.name}"
-    if model_url == STANDIN:
-        return store_bytes(standin.build_standin(spec), storage, kind, f"{spec.name}-standin.onnx")
+    if model_url in _BUILDERS:
+        return store_bytes(_BUILDERS[model_url][1](spec), storage, kind, f"{spec.name}-{model_url}.onnx")
     md5 = model_md5 or (spec.md5 if not model_url else None)
     name = url_file_name(model_url or spec.url, f"{spec.name}.onnx")
     return fetch(model_urls(spec, model_url, mirrors), storage, kind, name, md5, progress=progress)

@@ -14,6 +14,7 @@ from odbench import bounds, compliance
 from odbench.backend import DEVICES, ExecutionDevice
 from odbench.compliance import COMPLIANCE_TESTS, ComplianceTest
 from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig, Mode, Profile, Scenario
+from odbench.model_store import STANDINS
 from odbench.models import ModelName, ModelSpec, get_spec
 from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_dtype
 
@@ -51,7 +52,7 @@ class BenchmarkParams:
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
-    model_url: str | None = None  # None: the registry's URL; "standin"; or any model file URL/path
+    model_url: str | None = None  # None: the registry's URL; "standin", "standin-full"; or any model file URL/path
     model_md5: str | None = None
     tolerate_bad_outputs: bool = False  # True: drop and count bad detections instead of failing the run
     dataset_mirrors: tuple[str, ...] | None = None  # folders holding the official COCO archives, tried first
@@ -92,8 +93,9 @@ class BenchmarkParams:
         if self.dataset_mirrors and self.dataset_url:
             raise ValueError("dataset_mirrors are mirrors of the official COCO archives: leave dataset_url unset to "
                              f"use them, or drop them to read dataset_url={self.dataset_url!r}")
-        if self.model_mirrors and self.model_url == "standin":
-            raise ValueError("model_mirrors with model_url=standin: the stand-in is built, not fetched; drop one")
+        if self.model_mirrors and self.model_url in STANDINS:
+            raise ValueError(f"model_mirrors with model_url={self.model_url}: the stand-in is built, not fetched; "
+                             "drop one")
 
     def _check_aliases(self) -> None:
         """An alias and the parameter it aliases may both be given only with the same value."""
