@@ -3,9 +3,9 @@
     python benchmarks/op_profile.py --device cuda --models retinanet_coco ssd_resnet34 [--small] [--runs 20]
 
 Builds the stand-in (full-size unless --small) as benchmarks/gpu_hot_path.py does, runs untimed warm-up
-inferences, then `--runs` profiled ones on one random input, and prints one table per model: each operator
-type's share of the kernel time, its total per inference, and the provider that ran it. Stand-ins only: their
-post-processing load (candidates above the score threshold) is not a trained model's.
+inferences, then `--runs` profiled ones on the stand-ins' calibration scene, and prints one table per model:
+each operator type's share of the kernel time, its total per inference, and the provider that ran it.
+Stand-ins only: their post-processing load (candidates above the score threshold) is not a trained model's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,6 +24,7 @@ from gpu_hot_path import build_model  # noqa: E402
 
 from odbench.backend import requested_providers  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
+from odbench.standin_full import probe_input  # noqa: E402
 
 WARMUP = 10
 
@@ -40,7 +39,7 @@ def profile(name: str, device: str, runs: int, small: bool) -> str:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(model, options, providers=requested_providers(device))
-        x = np.random.default_rng(0).random((1, 3, spec.resolution, spec.resolution), dtype=np.float32)
+        x = probe_input(spec)  # an image-like scene: noise would pass several times more boxes to the NMS
         for _ in range(WARMUP):
             session.run(None, {spec.input.name: x})
         options.enable_profiling = True
