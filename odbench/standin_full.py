@@ -262,14 +262,18 @@ def _retinanet(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str, str]:
     levels = [_retinanet_level(g, lg, dl, _retinanet_anchors(spec.resolution, grid, size), classes, spec.resolution)
               for lg, dl, grid, size in zip(logits, deltas, grids, ANCHOR_SIZES)]
     boxes, scores, labels = (g.op("Concat", *parts, axis=0) for parts in zip(*levels))
-    return _batched_nms(g, boxes, scores, labels, spec.max_detections)
+    over = g.op("Squeeze", g.op("NonZero", g.op("Greater", scores, g.const(SCORE_THRESHOLD))),
+                g.const([0], np.int64))  # torchvision keeps only candidates over the threshold before its NMS
+    boxes, scores, labels = (g.op("Gather", x, over) for x in (boxes, scores, labels))
+    return _batched_nms(g, boxes, scores, labels, spec.max_detections, spec.resolution)
 
 
-def _batched_nms(g: GraphBuilder, boxes: str, scores: str, labels: str, keep: int) -> tuple[str, str, str]:
-    """torchvision's batched_nms: shift each class's boxes apart by label x (max coordinate + 1) so one
-    NMS never suppresses across classes; the best `keep` survivors by score."""
-    offset = g.op("Mul", g.op("Cast", labels, to=onnx.TensorProto.FLOAT),
-                  g.op("Add", g.op("ReduceMax", boxes, keepdims=0), g.const(1.0)))
+def _batched_nms(g: GraphBuilder, boxes: str, scores: str, labels: str, keep: int,
+                 resolution: int) -> tuple[str, str, str]:
+    """torchvision's batched_nms: shift each class's boxes apart by label x (largest coordinate + 1; boxes
+    are clipped to the image, so that is resolution + 1, also when no candidate is left) so one NMS never
+    suppresses across classes; the best `keep` survivors by score."""
+    offset = g.op("Mul", g.op("Cast", labels, to=onnx.TensorProto.FLOAT), g.const(float(resolution + 1)))
     shifted = g.op("Add", boxes, g.op("Unsqueeze", offset, g.const([1], np.int64)))
     kept = g.op("NonMaxSuppression", g.op("Unsqueeze", shifted, g.const([0], np.int64)),
                 g.op("Unsqueeze", scores, g.const([0, 1], np.int64)),
