@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +28,7 @@ from odbench.harness import run_loadgen  # noqa: E402
 from odbench.loadgen_log import summarize  # noqa: E402
 from odbench.loadgen_settings import LoadGenConfig  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
+from odbench.standin import constant_standin  # noqa: E402
 from odbench.sut import DetectionSUT, SampleLibrary  # noqa: E402
 
 DETECTIONS = 10  # rows each answer carries: enough for the checks and the encoding to do real work
@@ -36,20 +36,10 @@ DISTINCT_SAMPLES = 16  # in-memory inputs, cycled
 
 
 def trivial_model(spec: ModelSpec) -> bytes:
-    """A graph with `spec`'s exact inputs and outputs that answers constant detections (no compute)."""
-    side = spec.resolution
+    """A graph with `spec`'s exact inputs and outputs that answers DETECTIONS constant detections (no compute)."""
     boxes = np.tile(np.array([[10, 20, 110, 220]], np.float32), (DETECTIONS, 1))
-    constants = {spec.boxes.name: boxes, spec.scores.name: np.linspace(0.9, 0.1, DETECTIONS, dtype=np.float32),
-                 spec.labels.name: np.arange(1, DETECTIONS + 1, dtype=np.int64)}
-    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, f"{name}_value"))
-             for name, value in constants.items()]
-    outputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-               for name, value in constants.items()]
-    image = helper.make_tensor_value_info(spec.input.name, TensorProto.FLOAT, [1, 3, side, side])
-    graph = helper.make_graph(nodes, "trivial", [image], outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model.SerializeToString()
+    return constant_standin(spec, boxes, np.linspace(0.9, 0.1, DETECTIONS, dtype=np.float32),
+                            np.arange(1, DETECTIONS + 1, dtype=np.int64))
 
 
 def bare_offline(backend: OnnxBackend, inputs: list[np.ndarray], samples: int, concurrency: int) -> float:

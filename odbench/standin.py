@@ -197,11 +197,34 @@ def build_standin(spec: ModelSpec, seed: int = 0) -> bytes:
     g = _Graph()
     # each model gets its own weights, so two stand-ins never answer identically
     _detections(g, spec, np.random.default_rng([seed, zlib.crc32(spec.name.encode())]))
+    return _serialize(g, spec, "standin", f"stand-in for {spec.name}, seed {seed}: random weights")
+
+
+def constant_standin(spec: ModelSpec, boxes, scores, labels) -> bytes:
+    """A model with exactly `spec`'s input/output contract that answers every image with these detections
+    (boxes [K, 4] in the spec's scale, scores [K], labels [K]) and computes nothing: for tests of what the
+    harness does with given outputs, and for measuring the harness alone. Checked against the contract."""
+    from odbench.validation import validate_model
+
+    g = _Graph()
+    values = {spec.boxes.name: np.asarray(boxes, np.float32).reshape(-1, 4),
+              spec.scores.name: np.asarray(scores, np.float32).reshape(-1),
+              spec.labels.name: np.asarray(labels, np.int64).reshape(-1)}
+    for tensor in (spec.boxes, spec.scores, spec.labels):
+        value = values[tensor.name]
+        lead = len(tensor.shape) - value.ndim  # SSD's outputs have a batch dimension
+        g.op("Identity", g.const(value.reshape((1,) * lead + value.shape), value.dtype.type), name=tensor.name)
+    data = _serialize(g, spec, "constant", f"constant answers with {spec.name}'s contract")
+    validate_model(data, spec)
+    return data
+
+
+def _serialize(g: _Graph, spec: ModelSpec, kind: str, doc: str) -> bytes:
+    """The graph as a model file: `spec`'s input, its outputs in the spec's order."""
     by_name = {t.name: t for t in (spec.boxes, spec.scores, spec.labels)}
-    graph = helper.make_graph(g.nodes, f"{spec.name}_standin", [_value_info(spec.input)],
+    graph = helper.make_graph(g.nodes, f"{spec.name}_{kind}", [_value_info(spec.input)],
                               [_value_info(by_name[n]) for n in spec.output_order],
                               initializer=g.initializers)
     model = helper.make_model(graph, producer_name="odbench.standin", ir_version=IR_VERSION,
-                              opset_imports=[helper.make_opsetid("", OPSET)],
-                              doc_string=f"stand-in for {spec.name}, seed {seed}: random weights")
+                              opset_imports=[helper.make_opsetid("", OPSET)], doc_string=doc)
     return model.SerializeToString()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,22 +65,21 @@ def prefect_api():
         yield
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging each request."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 @pytest.fixture
 def serve_dir():
-    """Serve folders over HTTP on loopback: `serve_dir(path)` returns the base URL."""
-    import functools
-    import http.server
-    import threading
-
+    """Serve folders over HTTP on loopback: `serve_dir(path[, handler])` returns the base URL."""
     servers = []
 
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    def start(directory: Path) -> str:
-        handler = functools.partial(QuietHandler, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    def start(directory: Path, handler: type[QuietHandler] = QuietHandler) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+        server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"

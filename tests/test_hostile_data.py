@@ -3,9 +3,7 @@ temporaries removed, malformed annotations named. Real files, real archives, loo
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import logging
 import os
@@ -13,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 import zlib
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, stored_files
+from conftest import ROOT, QuietHandler, stored_files
 
 from odbench import dataset
 from odbench.coco import AnnotationError
@@ -70,11 +67,6 @@ def contains(storage: Storage, needle: bytes) -> list[str]:
     return [rel for rel in stored_files(storage) if needle in (root / rel).read_bytes()]
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 class NoStampsHandler(QuietHandler):
     """A server that gives neither size nor change stamps (no Content-Length, Last-Modified, ETag)."""
 
@@ -108,24 +100,6 @@ class EndlessHandler(QuietHandler):
     def do_HEAD(self) -> None:
         self.send_response(200)
         self.end_headers()
-
-
-@pytest.fixture
-def serve():
-    """`serve(directory, handler)`: a loopback HTTP server with that handler; returns its base URL."""
-    servers = []
-
-    def start(directory: Path, handler=QuietHandler) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def png_of_size(width: int, height: int) -> bytes:
@@ -165,7 +139,7 @@ def test_safe_rel_keeps_plain_relative_paths():
 
 
 @pytest.mark.parametrize("over_http", [False, True], ids=["local-folder", "http-folder"])
-def test_annotation_traversal_reads_nothing_outside_and_writes_nothing_outside(tmp_path, synthetic_dir, serve,
+def test_annotation_traversal_reads_nothing_outside_and_writes_nothing_outside(tmp_path, synthetic_dir, serve_dir,
                                                                                 over_http):
     # old code: read  <data>/val2017/../../../sentinel.txt = tmp/a/sentinel.txt (the secret)
     #           wrote <root>/sources/<md5>/../../../sentinel.txt = tmp/sentinel.txt (the sentinel)
@@ -175,21 +149,21 @@ def test_annotation_traversal_reads_nothing_outside_and_writes_nothing_outside(t
     folder = make_dataset(tmp_path / "a/b/data", synthetic_dir,
                           edit=lambda images: images[1].update(file_name="../../../sentinel.txt"))
     storage = Storage(str(tmp_path / "storage"))
-    url = serve(folder) if over_http else str(folder)
+    url = serve_dir(folder) if over_http else str(folder)
     with pytest.raises(AnnotationError, match=r"images\[1\] \(id \d+\): file_name '../../../sentinel.txt' refused"):
         ingest(FolderSource(url), 3, storage)
     assert (tmp_path / "sentinel.txt").read_bytes() == SENTINEL
     assert contains(storage, SECRET) == [] and contains(storage, SENTINEL) == []
 
 
-def test_a_percent_encoded_way_up_stays_a_file_name_on_a_careless_server(tmp_path, synthetic_dir, serve):
+def test_a_percent_encoded_way_up_stays_a_file_name_on_a_careless_server(tmp_path, synthetic_dir, serve_dir):
     (tmp_path / "a").mkdir()
     (tmp_path / "a/secret.jpg").write_bytes(SECRET)
     folder = make_dataset(tmp_path / "a/b", synthetic_dir,
                           edit=lambda images: images[0].update(file_name="..%2f..%2fsecret.jpg"))
     storage = Storage(str(tmp_path / "storage"))
     with pytest.raises(OSError, match="secret.jpg"):  # the server has no file of that literal name
-        ingest(FolderSource(serve(folder, NaiveHandler)), 3, storage)
+        ingest(FolderSource(serve_dir(folder, NaiveHandler)), 3, storage)
     assert contains(storage, SECRET) == []
 
 
@@ -205,7 +179,7 @@ def test_a_symlink_out_of_a_local_dataset_folder_is_refused(tmp_path, synthetic_
     assert contains(storage, SECRET) == []
 
 
-def test_traversal_through_the_archive_layout_is_refused(tmp_path, synthetic_dir, serve):
+def test_traversal_through_the_archive_layout_is_refused(tmp_path, synthetic_dir, serve_dir):
     (tmp_path / "sentinel.txt").write_bytes(SENTINEL)
     folder = make_dataset(tmp_path / "data", synthetic_dir,
                           edit=lambda images: images[0].update(file_name="../../../sentinel.txt"))
@@ -213,7 +187,7 @@ def test_traversal_through_the_archive_layout_is_refused(tmp_path, synthetic_dir
     with zipfile.ZipFile(pack.images_zip, "a") as archive:  # the member the annotation points at
         archive.writestr("val2017/../../../sentinel.txt", b"overwritten by the archive")
     images_md5 = hashlib.md5(pack.images_zip.read_bytes()).hexdigest()
-    base = serve(tmp_path / "mirror")
+    base = serve_dir(tmp_path / "mirror")
     storage = Storage(str(tmp_path / "storage"))
     source = ArchiveSource(f"{base}/val2017.zip", images_md5, f"{base}/annotations_trainval2017.zip",
                            pack.annotations_md5)
@@ -259,9 +233,9 @@ def test_dev_zero_as_a_model_fails_at_once_naming_the_limit_and_leaves_no_partia
     assert time.monotonic() - started < 2 and stored_files(storage) == []
 
 
-def test_an_endless_http_model_stops_at_the_limit_and_leaves_no_partial(tmp_path, storage, serve, monkeypatch):
+def test_an_endless_http_model_stops_at_the_limit_and_leaves_no_partial(tmp_path, storage, serve_dir, monkeypatch):
     monkeypatch.setenv("ODBENCH_MAX_MODEL_BYTES", str(1 << 20))
-    url = f"{serve(tmp_path, EndlessHandler)}/model.onnx"
+    url = f"{serve_dir(tmp_path, EndlessHandler)}/model.onnx"
     with pytest.raises(LimitExceededError, match=r"model file size \d+ bytes exceeds the limit of 1048576 bytes "
                                                  r"\(ODBENCH_MAX_MODEL_BYTES\)"):
         fetch(url, storage, "models/retinanet_coco", "model.onnx")
@@ -502,20 +476,20 @@ def test_malformed_image_entries_name_the_entry_and_the_field(tmp_path, syntheti
         ingest(FolderSource(str(folder)), 3, storage)
 
 
-def test_an_http_folder_without_change_stamps_warns_and_is_fetched_again(tmp_path, synthetic_dir, serve, caplog):
+def test_an_http_folder_without_change_stamps_warns_and_is_fetched_again(tmp_path, synthetic_dir, serve_dir, caplog):
     folder = make_dataset(tmp_path / "data", synthetic_dir)
-    source = FolderSource(serve(folder, NoStampsHandler))
+    source = FolderSource(serve_dir(folder, NoStampsHandler))
     with caplog.at_level(logging.WARNING, "odbench.dataset"):
         first = dataset.fingerprint(source, 3)
     assert "cannot tell whether they changed" in caplog.text
     assert dataset.fingerprint(source, 3) != first
-    stamped = FolderSource(serve(folder))
+    stamped = FolderSource(serve_dir(folder))
     assert dataset.fingerprint(stamped, 3) == dataset.fingerprint(stamped, 3)
     assert ingest(source, 3, Storage(str(tmp_path / "s"))).size == 3
 
 
-def test_credentials_in_a_folder_url_are_not_written(tmp_path, synthetic_dir, serve):
-    base = serve(make_dataset(tmp_path / "data", synthetic_dir))
+def test_credentials_in_a_folder_url_are_not_written(tmp_path, synthetic_dir, serve_dir):
+    base = serve_dir(make_dataset(tmp_path / "data", synthetic_dir))
     url = base.replace("http://", "http://user:hunter2@")
     storage = Storage(str(tmp_path / "s"))
     manifest = ingest(FolderSource(url), 3, storage)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, stored_files
-from onnx import helper
 
 from odbench import bounds
 from odbench.accuracy import decode_accuracy_log, encode_detections
@@ -32,34 +31,12 @@ from odbench.models import ModelSpec, get_spec
 from odbench.output_checks import BadModelOutputsError
 from odbench.params import BenchmarkParams
 from odbench.report import summary_markdown, terminal_summary
-from odbench.standin import IR_VERSION, OPSET, _Graph, _value_info, build_standin
+from odbench.standin import build_standin, constant_standin
 from odbench.storage import Storage
 from odbench.sut import DetectionSUT, SampleLibrary
-from odbench.validation import validate_model
 
 N = 4
 LOADGEN_STARTED = "LoadGen test started"
-
-
-def constant_model(spec: ModelSpec, boxes, scores, labels) -> bytes:
-    """A model with exactly `spec`'s input/output contract that answers every image with these detections
-    (boxes [K, 4] in the spec's scale, scores [K], labels [K] in its label space)."""
-    g = _Graph()
-    values = {spec.boxes.name: np.asarray(boxes, np.float32).reshape(-1, 4),
-              spec.scores.name: np.asarray(scores, np.float32).reshape(-1),
-              spec.labels.name: np.asarray(labels, np.int64).reshape(-1)}
-    for tensor in (spec.boxes, spec.scores, spec.labels):
-        value = values[tensor.name]
-        lead = len(tensor.shape) - value.ndim  # SSD's outputs have a batch dimension
-        g.op("Identity", g.const(value.reshape((1,) * lead + value.shape), value.dtype.type), name=tensor.name)
-    by_name = {t.name: t for t in (spec.boxes, spec.scores, spec.labels)}
-    graph = helper.make_graph(g.nodes, f"{spec.name}_constant", [_value_info(spec.input)],
-                              [_value_info(by_name[n]) for n in spec.output_order], initializer=g.initializers)
-    model = helper.make_model(graph, producer_name="tests.hostile", ir_version=IR_VERSION,
-                              opset_imports=[helper.make_opsetid("", OPSET)])
-    data = model.SerializeToString()
-    validate_model(data, spec)
-    return data
 
 
 def hostile_rows(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,12 +62,17 @@ def _params(model: Path | str, dataset: Path, **overrides) -> BenchmarkParams:
                               "loadgen_dataset_size": N, "execution_device": "cpu", **overrides})
 
 
+def _hostile_model(tmp_path: Path, spec: ModelSpec) -> Path:
+    """A model file answering `hostile_rows` for every image."""
+    path = tmp_path / "hostile.onnx"
+    path.write_bytes(constant_standin(spec, *hostile_rows(spec)))
+    return path
+
+
 @pytest.mark.parametrize("model_name", ["retinanet_coco", "ssd_resnet34"])
 def test_bad_outputs_fail_the_run_naming_each_problem_and_its_count(tmp_path, synthetic_dir, bench_storage,
                                                                      model_name):
-    spec = get_spec(model_name)
-    path = tmp_path / "hostile.onnx"
-    path.write_bytes(constant_model(spec, *hostile_rows(spec)))
+    path = _hostile_model(tmp_path, get_spec(model_name))
     with pytest.raises(BadModelOutputsError) as failure:
         run_benchmark(_params(path, synthetic_dir, model_name=model_name), bench_storage)
     message = str(failure.value)
@@ -105,9 +87,7 @@ def test_bad_outputs_fail_the_run_naming_each_problem_and_its_count(tmp_path, sy
 @pytest.mark.parametrize("model_name", ["retinanet_coco", "ssd_resnet34"])
 def test_tolerated_bad_outputs_are_dropped_counted_and_never_remapped(tmp_path, synthetic_dir, bench_storage,
                                                                       model_name):
-    spec = get_spec(model_name)
-    path = tmp_path / "hostile.onnx"
-    path.write_bytes(constant_model(spec, *hostile_rows(spec)))
+    path = _hostile_model(tmp_path, get_spec(model_name))
     result = run_benchmark(_params(path, synthetic_dir, model_name=model_name, tolerate_bad_outputs=True),
                            bench_storage)
     expected = {"non_finite": 3 * N, "label_outside_label_space": 2 * N, "box_far_outside_image": N}
@@ -131,7 +111,7 @@ def test_more_detections_than_the_spec_allows_keeps_the_best_and_counts_the_rest
     boxes = np.concatenate([corner, corner + rng.uniform(10, 200, (200_000, 2))], axis=1)
     scores = rng.permutation(200_000) / 200_000
     path = tmp_path / "crowded.onnx"
-    path.write_bytes(constant_model(spec, boxes, scores, rng.choice([1, 2, 3, 90], 200_000)))
+    path.write_bytes(constant_standin(spec, boxes, scores, rng.choice([1, 2, 3, 90], 200_000)))
     excess = (200_000 - spec.max_detections) * N
     with pytest.raises(BadModelOutputsError, match=f"{excess} detections beyond the model's maximum of 300"):
         run_benchmark(_params(path, synthetic_dir), bench_storage)
