@@ -1,14 +1,19 @@
-"""The harness against a bare loop on one accelerator: Offline samples/s and SingleStream p50/p90, side by side.
+"""The hot path on one accelerator: a bare fp32 batch-1 loop against the harness with each option and the best mix.
 
-    python benchmarks/gpu_hot_path.py --device cuda --models retinanet_coco ssd_resnet34 --samples 400
+    python benchmarks/gpu_hot_path.py --device cuda --models retinanet_coco ssd_resnet34 --seconds 8
 
-Runs without Prefect (the GPU machine has none). For each model (the full-size stand-in where
-odbench/standin_full.py can build it, else the small one; `--small` forces the small ones) it measures, on the
-same in-memory samples and the same onnxruntime session: a bare `session.run` loop with 1, 2 and 4 threads, and
-the benchmark's harness (LoadGen and the SUT) with loadgen_concurrency 1, 2 and 4, plus SingleStream latencies of
-both. The samples are the stand-ins' calibration scene (odbench/standin_full.py `probe_input`): random noise
-would pass several times more candidates to the NMS than an image does (2383 vs 351 for retinanet_coco).
-Prints one table; every ratio is against the bare single-thread loop of the same run. Stand-in numbers are
+Runs without Prefect (the GPU machine has none). For each model (the full-size stand-in; `--small` for the
+small ones) it measures, side by side in one run and on the same images (synthetic scenes,
+odbench/standin_full.py `probe_image`, stored as uint8 samples are):
+- the bare loop: `OnnxBackend.infer` on host float32 inputs, one thread, Offline samples/s and SingleStream
+  p50/p90; and the same loop with the best options, for the ratio at equal options;
+- the harness (LoadGen PerformanceOnly through the benchmark's SUT) with no option, with each option alone
+  (loadgen_concurrency, samples_on_device, normalize_on_device with uint8 samples, model_precision=fp16) and
+  with the best combination: Offline samples/s with the GPU's energy per sample (NVML), SingleStream p50/p90;
+- agreement with fp32 on the same inputs: pre-NMS outputs ‖Δ‖/‖ref‖ and the share of fp32 detections
+  reproduced (IoU >= 0.9, same label), for fp16 and for uint8 normalized on the device.
+Each measurement runs for about `--seconds` (its sample count from a short untimed probe of the same setup).
+Prints two tables; ratios are against the bare fp32 single-thread loop of the same model. Stand-in numbers are
 not the real models' numbers.
 """
 
@@ -18,7 +23,10 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,62 +34,157 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
 from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.energy import Energy, EnergyMeter  # noqa: E402
+from odbench.input_prefix import device_input, with_normalization  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
+from odbench.precision import agreement, to_fp16  # noqa: E402
+from odbench.preprocess import to_model_input  # noqa: E402
 from odbench.standin import build_standin  # noqa: E402
-from odbench.standin_full import probe_input  # noqa: E402
+from odbench.standin_full import PROBE_SEED, probe_image  # noqa: E402
 
-CONCURRENCY = (1, 2, 4)
-DISTINCT_SAMPLES = 16
-WARMUP = 20
+DISTINCT_SAMPLES = 8
+WARMUP = 10
+AGREEMENT_IMAGES = 4
 
 
-def build_model(spec: ModelSpec, small: bool) -> tuple[bytes, str]:
-    """The full-size stand-in when it can be built (and not `small`), else the small one; and which it is."""
-    if not small:
-        try:
-            from odbench.standin_full import build_full_standin
-        except ImportError:
-            pass
+@dataclass(frozen=True)
+class Variant:
+    """One setting of the hot-path options (the flow's parameters of the same names)."""
+
+    label: str
+    model_precision: str = "fp32"
+    normalize_on_device: bool = False
+    samples_on_device: bool = False
+    loadgen_concurrency: int = 1
+
+
+NONE = Variant("no option")
+BEST = Variant("best: fp16, uint8 normalized on device, samples on device, 4 in flight", "fp16", True, True, 4)
+VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
+            Variant("samples_on_device", samples_on_device=True),
+            Variant("normalize_on_device (uint8 samples)", normalize_on_device=True),
+            Variant("model_precision=fp16", "fp16"), BEST,
+            Variant("best, 8 in flight", "fp16", True, True, 8))
+Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
+
+
+class Setup:
+    """One model's fp32 and fp16 files, its images, and backends per variant."""
+
+    def __init__(self, spec: ModelSpec, device: str, small: bool):
+        self.spec, self.device = spec, device
+        t0 = time.perf_counter()
+        if small:
+            fp32, kind = build_standin(spec), "small stand-in"
         else:
-            return build_full_standin(spec), "full-size stand-in"
-    return build_standin(spec), "small stand-in"
+            from odbench.standin_full import build_full_standin
+
+            fp32, kind = build_full_standin(spec), "full-size stand-in"
+        self.models = {"fp32": fp32, "fp16": to_fp16(fp32)}
+        self.label = f"{spec.name} [{kind}, {len(fp32) / 1e6:.0f} MB, built in {time.perf_counter() - t0:.0f} s]"
+        self.images = [probe_image(spec, PROBE_SEED + i) for i in range(DISTINCT_SAMPLES)]
+
+    def model(self, variant: Variant) -> bytes:
+        model = self.models[variant.model_precision]
+        return with_normalization(model, self.spec, "uint8") if variant.normalize_on_device else model
+
+    def backend(self, variant: Variant) -> tuple[OnnxBackend, list]:
+        """A session for the variant, warmed up, and the images as that variant's samples."""
+        backend = OnnxBackend(self.model(variant), self.spec, self.device, 0,
+                              samples_on_device=variant.samples_on_device)
+        inputs = [backend.place(self.sample(image, variant)) for image in self.images]
+        for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
+            backend.infer(inputs[i % len(inputs)])
+        return backend, inputs
+
+    def sample(self, image: np.ndarray, variant: Variant) -> np.ndarray:
+        return device_input(image) if variant.normalize_on_device else to_model_input(image, self.spec)
 
 
-def measure_model(name: str, device: str, samples: int, small: bool) -> list[tuple[str, str, float, str]]:
-    """Rows (model, variant, value, unit) for one model."""
-    spec = get_spec(name)
+def count_for(backend: OnnxBackend, inputs: list, concurrency: int, seconds: float) -> int:
+    """Samples that take about `seconds` at this setup's speed (from an untimed probe of 2 per thread)."""
+    rate = bare_offline(backend, inputs, 2 * concurrency, concurrency)
+    return max(32, int(rate * seconds))
+
+
+def metered_bare(backend: OnnxBackend, inputs: list, samples: int, threads: int) -> tuple[float, Energy | None]:
+    """The bare loop's samples/s and the GPU's energy over it."""
+    meter = EnergyMeter()
+    meter.start()
     t0 = time.perf_counter()
-    model, kind = build_model(spec, small)
-    label = f"{name} [{kind}, {len(model) / 1e6:.0f} MB, built in {time.perf_counter() - t0:.0f} s]"
-    backend = OnnxBackend(model, spec, device, 0)
-    inputs = [probe_input(spec).copy() for _ in range(DISTINCT_SAMPLES)]
-    for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
-        backend.infer(inputs[i % len(inputs)])
-    rows = []
-    for threads in CONCURRENCY:
-        rows.append((label, f"bare loop, {threads} thread(s): Offline", bare_offline(backend, inputs, samples, threads),
-                     "samples/s"))
-    for workers in CONCURRENCY:
-        qps = harness(backend, spec, inputs, "Offline", samples, workers)["samples_per_second"]
-        rows.append((label, f"harness, loadgen_concurrency={workers}: Offline", qps, "samples/s"))
-    p50, p90 = bare_latencies_ms(backend, inputs, samples // 2)
-    single = harness(backend, spec, inputs, "SingleStream", samples // 2, 1)
-    rows += [(label, "bare loop: SingleStream p50", p50, "ms"), (label, "bare loop: SingleStream p90", p90, "ms"),
-             (label, "harness: SingleStream p50", single["p50_ms"], "ms"),
-             (label, "harness: SingleStream p90", single["p90_ms"], "ms")]
+    rate = bare_offline(backend, inputs, samples, threads)
+    t1 = time.perf_counter()
+    meter.stop()
+    return rate, meter.energy(t0, t1, samples // threads * threads)
+
+
+def energy_note(energy: Energy | None) -> str:
+    return f"{energy.joules_per_sample:.3f} J/sample at {energy.average_watts:.0f} W" if energy else "no NVML"
+
+
+def bare_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
+    """The bare loop with a variant's options: Offline samples/s with energy; SingleStream p50/p90."""
+    backend, inputs = setup.backend(variant)
+    threads = variant.loadgen_concurrency
+    rate, energy = metered_bare(backend, inputs, count_for(backend, inputs, threads, seconds), threads)
+    name = f"bare loop, {variant.label}"
+    rows = [(setup.label, name, "Offline samples/s", f"{rate:,.2f}", energy_note(energy))]
+    if threads == 1:
+        p50, p90 = bare_latencies_ms(backend, inputs, max(16, int(rate * seconds / 2)))
+        rows.append((setup.label, name, "SingleStream p50 / p90 ms", f"{p50:.3f} / {p90:.3f}", ""))
     return rows
 
 
-def table(rows: list[tuple[str, str, float, str]], providers: str) -> str:
-    lines = [f"Hot path on {platform.node()} ({providers}); ratios against the bare single-thread loop of the "
-             "same model",
-             "| model | variant | value | unit | ratio |", "|---|---|---|---|---|"]
+def harness_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
+    """The harness with a variant's options: Offline samples/s with energy; SingleStream p50/p90."""
+    backend, inputs = setup.backend(variant)
+    workers = variant.loadgen_concurrency
+    samples = count_for(backend, inputs, workers, seconds)
+    offline = harness(backend, setup.spec, inputs, "Offline", samples, workers, EnergyMeter())
+    name = f"harness, {variant.label}"
+    rows = [(setup.label, name, "Offline samples/s", f"{offline['samples_per_second']:,.2f}",
+             energy_note(offline["energy"]))]
+    if workers == 1 or variant is BEST:
+        single = harness(backend, setup.spec, inputs, "SingleStream", max(16, samples // workers // 2), 1)
+        rows.append((setup.label, name, "SingleStream p50 / p90 ms",
+                     f"{single['p50_ms']:.3f} / {single['p90_ms']:.3f}", ""))
+    return rows
+
+
+def agreement_rows(setup: Setup) -> list[Row]:
+    """fp16 and uint8-normalized-on-device against fp32 on the same images."""
+    images = setup.images[:AGREEMENT_IMAGES]
+    reference = [to_model_input(image, setup.spec) for image in images]
+    rows = []
+    for variant in (Variant("model_precision=fp16", "fp16"), Variant("normalize_on_device", normalize_on_device=True)):
+        found = agreement(setup.models["fp32"], setup.model(variant), reference, setup.spec, setup.device,
+                          [setup.sample(image, variant) for image in images])
+        rows.append((setup.label, variant.label, "pre-NMS ‖Δ‖/‖ref‖; fp32 detections reproduced",
+                     f"{found.pre_nms_relative_error:.2e}; {found.share_reproduced:.1%}",
+                     f"{found.detections_reproduced} of {found.detections_reference}"))
+    return rows
+
+
+def measure_model(name: str, device: str, seconds: float, small: bool) -> tuple[list[Row], list[Row]]:
+    setup = Setup(get_spec(name), device, small)
+    speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
+    for variant in VARIANTS:
+        speed += harness_rows(setup, variant, seconds)
+    return speed, agreement_rows(setup)
+
+
+def table(title: str, rows: list[Row]) -> str:
+    """One markdown table; Offline rows get their ratio to the bare fp32 single-thread loop of the same model."""
+    lines = [title, "| model | variant | measure | value | ratio to bare fp32 × 1 | note |",
+             "|---|---|---|---|---|---|"]
     baseline: dict[str, float] = {}
-    for model, variant, value, unit in rows:
-        if variant.startswith("bare loop, 1 thread"):
-            baseline[model] = value
-        ratio = f"{value / baseline[model]:.2f}×" if unit == "samples/s" and model in baseline else ""
-        lines.append(f"| {model} | {variant} | {value:,.3f} | {unit} | {ratio} |")
+    for model, variant, measure, value, note in rows:
+        ratio = ""
+        if measure == "Offline samples/s":
+            number = float(value.replace(",", ""))
+            baseline.setdefault(model, number)  # the first Offline row of a model is the bare no-option loop
+            ratio = f"{number / baseline[model]:.2f}×"
+        lines.append(f"| {model} | {variant} | {measure} | {value} | {ratio} | {note} |")
     return "\n".join(lines)
 
 
@@ -89,13 +192,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", nargs="+", default=["retinanet_coco", "ssd_resnet34"])
-    parser.add_argument("--samples", type=int, default=400)
-    parser.add_argument("--small", action="store_true", help="the small stand-ins, even where full-size ones build")
+    parser.add_argument("--seconds", type=float, default=8.0, help="about how long each measurement runs")
+    parser.add_argument("--small", action="store_true", help="the small stand-ins instead of the full-size ones")
     args = parser.parse_args()
     import onnxruntime
 
-    rows = [row for name in args.models for row in measure_model(name, args.device, args.samples, args.small)]
-    print(table(rows, f"onnxruntime {onnxruntime.__version__}, execution_device={args.device}"))
+    speed: list[Row] = []
+    agree: list[Row] = []
+    for name in args.models:
+        s, a = measure_model(name, args.device, args.seconds, args.small)
+        speed, agree = speed + s, agree + a
+        print(table(f"(so far) {name}", s), flush=True)
+    where = f"{platform.node()}, onnxruntime {onnxruntime.__version__}, execution_device={args.device}"
+    print(table(f"Hot path on {where}", speed))
+    print()
+    print(table(f"Agreement with fp32 on the same images ({where})", agree))
 
 
 if __name__ == "__main__":

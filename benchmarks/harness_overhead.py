@@ -18,12 +18,14 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.energy import EnergyMeter  # noqa: E402
 from odbench.harness import run_loadgen  # noqa: E402
 from odbench.loadgen_log import summarize  # noqa: E402
 from odbench.loadgen_settings import LoadGenConfig  # noqa: E402
@@ -67,20 +69,28 @@ def bare_latencies_ms(backend: OnnxBackend, inputs: list[np.ndarray], samples: i
     return float(p50), float(p90)
 
 
-def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list[np.ndarray], scenario: str, samples: int,
-            concurrency: int) -> dict[str, float]:
-    """One LoadGen PerformanceOnly test of exactly `samples` queries through the benchmark's SUT."""
+def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list, scenario: str, samples: int,
+            concurrency: int, meter: EnergyMeter | None = None) -> dict[str, Any]:
+    """One LoadGen PerformanceOnly test of exactly `samples` queries through the benchmark's SUT; with a
+    meter, also the GPU's energy over the timed span (`energy`: odbench.energy.Energy or None)."""
     library = SampleLibrary(len(inputs), lambda i: inputs[i])
     sut = DetectionSUT(backend, library, spec, workers=concurrency)
     target = {"target_qps": 1e5} if scenario == "Offline" else {"target_latency_ms": 0.05}
     config = LoadGenConfig(scenario=scenario, mode="PerformanceOnly", count_override=samples, profile="quick",
                            buffer_size=len(inputs), **target)
     with tempfile.TemporaryDirectory() as tmp:
-        run_loadgen(sut, config, spec.loadgen_model, Path(tmp))
+        if meter:
+            meter.start()
+        try:
+            run_loadgen(sut, config, spec.loadgen_model, Path(tmp))
+        finally:
+            if meter:
+                meter.stop()
         summary = summarize(Path(tmp) / "mlperf_log_detail.txt", scenario, "PerformanceOnly")
+    energy = meter.energy(sut.first_issued_at, sut.last_answered_at, sut.completed) if meter else None
     if scenario == "Offline":
-        return {"samples_per_second": summary.samples_per_second}
-    return {"p50_ms": summary.latency_ns["p50"] / 1e6, "p90_ms": summary.latency_ns["p90"] / 1e6}
+        return {"samples_per_second": summary.samples_per_second, "energy": energy}
+    return {"p50_ms": summary.latency_ns["p50"] / 1e6, "p90_ms": summary.latency_ns["p90"] / 1e6, "energy": energy}
 
 
 def measure(samples: int, concurrency: int, repeats: int) -> dict[str, float]:

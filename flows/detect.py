@@ -25,7 +25,7 @@ from odbench.loadgen_settings import Mode, Profile, Scenario
 from odbench.model_store import STANDINS, check_stored
 from odbench.model_store import fingerprint as model_fingerprint
 from odbench.models import ModelName
-from odbench.params import BenchmarkParams
+from odbench.params import BenchmarkParams, Precision
 from odbench.preprocess import ResizeDtype, preprocessed_files
 from odbench.redact import redact_text, redact_url
 from odbench.retry import RetryPolicy
@@ -85,6 +85,9 @@ def detect(
     loadgen_concurrency: int = D.loadgen_concurrency,
     preprocess_resize_dtype: ResizeDtype = D.preprocess_resize_dtype,
     loadgen_warmup_samples: int = D.loadgen_warmup_samples,
+    model_precision: Precision = D.model_precision,
+    normalize_on_device: bool = D.normalize_on_device,
+    samples_on_device: bool = D.samples_on_device,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -143,6 +146,13 @@ def detect(
         loadgen_warmup_samples: Untimed inferences on loaded samples before a timed test, so a short
             run does not time cuDNN autotuning or an engine build (stops after 10 s); 0: none. The result
             records the warm-up's samples and seconds.
+        model_precision: fp32 runs the model file as it is; fp16 runs its conversion (convolutions in float16,
+            box decoding, TopK and NMS in float32; converted once and stored beside it). docs/performance.md
+            has the measured speed and agreement with fp32.
+        normalize_on_device: Send the stored sample as it is (uint8 with preprocess_resize_dtype=uint8: a quarter
+            of the bytes) and let a prefix in the graph normalize it on the accelerator; same model input.
+        samples_on_device: LoadGen's untimed sample load copies each sample into accelerator memory, and
+            inference reads it there (onnxruntime IO binding): no host-to-device copy is timed.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
             tensorrt/trt. The result says which providers ran.
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.

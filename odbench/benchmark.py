@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,10 +26,13 @@ from odbench.accuracy import AccuracyResult, decode_accuracy_log, evaluate
 from odbench.backend import OnnxBackend
 from odbench.calibration import calibrate
 from odbench.dataset import DatasetManifest, ingest, parse_dataset_url
+from odbench.energy import Energy, EnergyMeter
 from odbench.harness import run_loadgen
+from odbench.input_prefix import device_input
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.loadgen_settings import LoadGenConfig
-from odbench.model_store import StoredModel, fetch_model, model_bytes
+from odbench.model_store import StoredModel, fetch_model
+from odbench.model_variants import at_precision, session_model
 from odbench.models import LabelSpace, ModelSpec
 from odbench.output_checks import BadModelOutputsError, OutputTally
 from odbench.params import BenchmarkParams
@@ -109,6 +113,10 @@ class BenchmarkResult:
     log_files: list[str] = field(default_factory=lambda: list(LOADGEN_FILES))  # relative to the run's folder
     loadgen_concurrency: int = 1  # inferences in flight (SUT worker threads)
     preprocess_resize_dtype: str = "uint8"  # the stored samples' resize (preprocess.py); results before it: uint8
+    model_precision: str = "fp32"  # fp16: the stored fp16 conversion ran (model_variants.py)
+    normalize_on_device: bool = False  # the model normalized the stored samples (input_prefix.py)
+    samples_on_device: bool = False  # samples were loaded into accelerator memory (IO binding)
+    energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +189,7 @@ class _Pass:
     summary: LoadGenSummary
     sut: DetectionSUT
     accuracy: AccuracyResult | None
+    energy: Energy | None = None
 
 
 def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
@@ -226,7 +235,9 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         warmup=warmup.to_json(),
         loadgen=timed.summary.to_json(), calibration=calibration.to_json() if calibration else None,
         compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
-        preprocess_resize_dtype=params.preprocess_resize_dtype,
+        preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
+        normalize_on_device=params.normalize_on_device, samples_on_device=params.samples_on_device,
+        energy=timed.energy.to_json() if timed.energy else None,
     )
 
 
@@ -234,13 +245,16 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     """The model session, the annotations and the sample loader every pass of the run uses."""
     spec, dtype = params.spec, params.preprocess_resize_dtype
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
-    backend = OnnxBackend(model_bytes(model, storage), spec, params.execution_device, params.cpu_threads)
+    model = at_precision(model, storage, params.model_precision)
+    backend = OnnxBackend(session_model(model, storage, spec, params.normalize_on_device, dtype), spec,
+                          params.execution_device, params.cpu_threads, samples_on_device=params.samples_on_device)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
+    model_input = device_input if params.normalize_on_device else partial(to_model_input, spec=spec)
 
     def load(i: int):  # LoadGen's untimed load step: each sample verified, recomputed when missing or corrupt
-        return to_model_input(load_sample(storage, images[i], spec.resolution, resize_dtype=dtype), spec)
+        return backend.place(model_input(load_sample(storage, images[i], spec.resolution, resize_dtype=dtype)))
 
     return _Bench(params, spec, backend, load, len(images), annotations)
 
@@ -258,11 +272,19 @@ def _run_pass(bench: _Bench, config: LoadGenConfig, log_dir: Path, folder: str,
     """One LoadGen test with its logs in log_dir/folder, summarized (and scored in AccuracyOnly)."""
     pass_dir = log_dir / folder
     sut = bench.sut()
-    run_loadgen(sut, config, bench.spec.loadgen_model, pass_dir, audit_config)
+    meter = EnergyMeter() if config.mode != "AccuracyOnly" else None
+    if meter:
+        meter.start()
+    try:
+        run_loadgen(sut, config, bench.spec.loadgen_model, pass_dir, audit_config)
+    finally:
+        if meter:
+            meter.stop()
     summary = summarize(pass_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
     accuracy = (_accuracy(pass_dir, bench.annotations, bench.count, bench.spec)
                 if config.mode == "AccuracyOnly" and audit_config is None else None)
-    return _Pass(folder, summary, sut, accuracy)
+    energy = meter.energy(sut.first_issued_at, sut.last_answered_at, sut.completed) if meter else None
+    return _Pass(folder, summary, sut, accuracy, energy)
 
 
 def _compliance(bench: _Bench, config: LoadGenConfig, outcomes: dict[str, _Pass],

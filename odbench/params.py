@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from odbench import bounds, compliance
 from odbench.backend import DEVICES, ExecutionDevice
@@ -20,6 +20,8 @@ from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_d
 
 MAX_MIRRORS = 16  # URLs per mirror list
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
+Precision = Literal["fp32", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # the names the current axs workflow uses -> the parameter each is another name for
 ALIASES = {"loadgen_query_count": "loadgen_count_override", "loadgen_duration_s": "loadgen_min_duration_s"}
 
@@ -49,6 +51,9 @@ class BenchmarkParams:
     loadgen_concurrency: int = 1  # inferences in flight at once (SUT worker threads)
     preprocess_resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE  # float32: the reference's resize, exactly
     loadgen_warmup_samples: int = 8  # untimed inferences before a timed test (0: none)
+    model_precision: Precision = "fp32"  # fp16: the convolutions in float16, post-processing in float32
+    normalize_on_device: bool = False  # the stored sample crosses as is (uint8: 1/4 of the bytes); the graph normalizes
+    samples_on_device: bool = False  # LoadGen's untimed load puts samples in accelerator memory (IO binding)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -73,8 +78,11 @@ class BenchmarkParams:
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
-        if not isinstance(self.tolerate_bad_outputs, bool):
-            raise ValueError(f"tolerate_bad_outputs={self.tolerate_bad_outputs!r} is not a boolean: use true or false")
+        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a boolean: use true or false")
+        if self.model_precision not in PRECISIONS:
+            raise ValueError(f"unknown model_precision {self.model_precision!r}; use one of: {', '.join(PRECISIONS)}")
         self._check_buffer_memory()
         self._check_mirrors()
 
@@ -140,10 +148,11 @@ class BenchmarkParams:
                              "and loadgen_buffer_size")
 
     def _check_buffer_memory(self) -> None:
-        """The samples LoadGen keeps loaded (float32 model inputs) must fit in part of the machine's RAM."""
+        """The samples LoadGen keeps loaded (float32 model inputs; stored uint8 samples with normalize_on_device)
+        must fit in part of the machine's RAM."""
         ram = physical_memory()
         side = self.spec.resolution
-        sample = 3 * side * side * 4
+        sample = 3 * side * side * (1 if self.normalize_on_device and self.preprocess_resize_dtype == "uint8" else 4)
         count = self.loadgen_config.performance_count(self.loadgen_dataset_size)
         allowed = int(ram * BUFFER_RAM_SHARE) // sample if ram else count
         if count > allowed:

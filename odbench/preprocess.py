@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Literal, get_args
@@ -181,12 +182,14 @@ def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
     return np.frombuffer(data, stored, count=resolution * resolution * 3, offset=end + 1).reshape(shape)
 
 
-def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int = 2,
+def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None, *,
                resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
     """Store every image of the manifest at `resolution` in `resize_dtype`, skipping those already stored
-    (each stored sample is verified when loaded: `load_sample`). Stale temporaries of an interrupted run
-    of either dtype at this resolution (one folder holds both) go first."""
+    (each stored sample is verified when loaded: `load_sample`), on `workers` threads (None: one per CPU; decoding
+    and resizing release the GIL). Stale temporaries of an interrupted run of either dtype at this resolution
+    (one folder holds both) go first."""
+    workers = workers or os.cpu_count() or 1
     storage.remove_stale_temporaries(preprocessed_dir(resolution, resize_dtype="uint8"))
     todo = [im for im in manifest.images
             if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]

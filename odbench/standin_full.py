@@ -286,9 +286,14 @@ def _batched_nms(g: GraphBuilder, boxes: str, scores: str, labels: str, keep: in
 # -- shared ----------------------------------------------------------------------------------------------------
 
 def probe_input(spec: ModelSpec) -> np.ndarray:
-    """The model input the heads are calibrated on: a fixed synthetic scene (a smooth colour gradient,
-    overlapping flat rectangles, mild noise), preprocessed as the spec says."""
-    rng = np.random.default_rng(PROBE_SEED)
+    """The model input the heads are calibrated on: probe_image preprocessed as the spec says."""
+    return to_model_input(probe_image(spec), spec)
+
+
+def probe_image(spec: ModelSpec, seed: int = PROBE_SEED) -> np.ndarray:
+    """A synthetic scene as a stored uint8 HWC sample at the spec's resolution: a smooth colour gradient,
+    overlapping flat rectangles, mild noise (the calibration scene with the default seed)."""
+    rng = np.random.default_rng(seed)
     side = spec.resolution
     ramp = np.linspace(0.0, 1.0, side, dtype=np.float32)[:, None, None]
     top, bottom = rng.uniform(40, 215, (2, 1, 3)).astype(np.float32)
@@ -297,7 +302,7 @@ def probe_input(spec: ModelSpec) -> np.ndarray:
         (x, y), (w, h) = rng.integers(0, side, 2), rng.integers(side // 20, side // 3, 2)
         image[y:y + h, x:x + w] = rng.uniform(0, 255, 3)
     image += rng.normal(0.0, 8.0, image.shape).astype(np.float32)
-    return to_model_input(np.clip(image, 0, 255).astype(np.uint8), spec)
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _best(g: GraphBuilder, scores: str, limit: int) -> str:

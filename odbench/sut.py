@@ -108,6 +108,8 @@ class DetectionSUT:
         self.answered = 0  # samples answered (QuerySamplesComplete returned)
         self.in_flight = 0  # inferences running now
         self.peak_in_flight = 0  # the most inferences that ran at once
+        self.first_issued_at = 0.0  # time.perf_counter() of the first query, and of the last answer: the timed span
+        self.last_answered_at = 0.0
 
     def request_stop(self) -> None:
         """Answer every outstanding and later query at once, empty, so LoadGen ends its test."""
@@ -117,6 +119,7 @@ class DetectionSUT:
         """LoadGen's issue callback (its issue thread): each sample to the worker pool, none held back."""
         with self._lock:
             self.issued += len(samples)
+            self.first_issued_at = self.first_issued_at or time.perf_counter()
         done = 0
         try:
             for chunk in _chunks(len(samples), self.workers):
@@ -213,6 +216,7 @@ class DetectionSUT:
     def _count_answers(self, count: int) -> None:
         with self._lock:
             self.answered += count
+            self.last_answered_at = time.perf_counter()
 
     def _record(self, err: BaseException) -> None:
         with self._lock:

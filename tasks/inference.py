@@ -42,7 +42,8 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
     return cache_key("inference", (params.spec.name,), p["storage"].url, params.spec.name, p["model"].md5,
                      p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION,
                      repr(params.loadgen_config), params.cpu_threads, params.loadgen_concurrency,
-                     params.tolerate_bad_outputs, _engine(params.execution_device))
+                     params.tolerate_bad_outputs, params.model_precision, params.normalize_on_device,
+                     params.samples_on_device, _engine(params.execution_device))
 
 
 def _engine(execution_device: str) -> tuple:

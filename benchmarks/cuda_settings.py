@@ -1,0 +1,112 @@
+"""Where a full-size stand-in's GPU time goes, and what the CUDA provider's settings change: one table.
+
+    python benchmarks/cuda_settings.py --models retinanet_coco ssd_resnet34 --seconds 4
+
+onnxruntime's profiler cannot split asynchronous GPU work per operator (docs/performance.md, section 3), so
+this times whole graphs with a bare loop instead: the model's convolutional trunk alone (every Conv and what
+feeds it, cut where the last convolutions end; onnx.utils.Extractor), the whole model, the whole model at
+fp16, and the whole model under CUDA provider options (cuDNN algorithm search, TF32, NHWC layout, workspace,
+CUDA graphs). The difference between the whole model and its trunk is the post-processing (decode, TopK,
+NMS). Each row is ms per inference, one at a time, after a warm-up; a setting onnxruntime refuses is a row
+with its error. Stand-in numbers are not the real models' numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from odbench.models import get_spec  # noqa: E402
+from odbench.precision import to_fp16  # noqa: E402
+from odbench.standin_full import build_full_standin, probe_input  # noqa: E402
+
+WARMUP = 10
+SETTINGS: dict[str, dict[str, str]] = {  # CUDAExecutionProvider options; {} is onnxruntime's default
+    "default": {},
+    "cudnn_conv_algo_search=HEURISTIC": {"cudnn_conv_algo_search": "HEURISTIC"},
+    "cudnn_conv_algo_search=DEFAULT": {"cudnn_conv_algo_search": "DEFAULT"},
+    "use_tf32=0": {"use_tf32": "0"},
+    "prefer_nhwc=1": {"prefer_nhwc": "1"},
+    "cudnn_conv_use_max_workspace=0": {"cudnn_conv_use_max_workspace": "0"},
+    "enable_cuda_graph=1": {"enable_cuda_graph": "1"},
+}
+
+
+def trunk(model: onnx.ModelProto) -> bytes:
+    """The sub-model of every Conv and its ancestors, ending at the convolutions nothing convolutional reads."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    keep: set[int] = set()
+    stack = [node for node in model.graph.node if node.op_type == "Conv"]
+    while stack:
+        node = stack.pop()
+        if id(node) in keep:
+            continue
+        keep.add(id(node))
+        stack += [producer[name] for name in node.input if name in producer]
+    read_by_trunk = {name for node in model.graph.node if id(node) in keep for name in node.input}
+    ends = [node.output[0] for node in model.graph.node
+            if node.op_type == "Conv" and node.output[0] not in read_by_trunk]
+    inputs = [i.name for i in model.graph.input]
+    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))  # it needs every tensor's type
+    return extractor.extract_model(inputs, ends).SerializeToString()
+
+
+def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float) -> str:
+    """Mean ms of sequential inferences for about `seconds`, or onnxruntime's refusal."""
+    import onnxruntime as ort
+
+    ort.preload_dlls()
+    try:
+        session = ort.InferenceSession(model, providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(WARMUP):
+            session.run(None, feed)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run(None, feed)
+            count += 1
+        return f"{(time.perf_counter() - start) / count * 1000:.2f}"
+    except Exception as err:  # noqa: BLE001 — a refused setting is a finding, reported in the table
+        return f"refused: {str(err).splitlines()[0][:160]}"
+
+
+def rows(name: str, seconds: float) -> list[tuple[str, str, str]]:
+    spec = get_spec(name)
+    fp32 = build_full_standin(spec)
+    x = probe_input(spec)
+    proto = onnx.load_model_from_string(fp32)
+    out = [(name, "trunk only (convolutions), default", ms_per_inference(trunk(proto), {}, x, seconds)),
+           (name, "trunk only, fp16", ms_per_inference(to_fp16(trunk(proto)), {}, x, seconds)),
+           (name, "whole model, fp16", ms_per_inference(to_fp16(fp32), {}, x, seconds))]
+    for label, options in SETTINGS.items():
+        out.append((name, f"whole model, {label}", ms_per_inference(fp32, options, x, seconds)))
+    out.append((name, "trunk only, enable_cuda_graph=1", ms_per_inference(trunk(proto), SETTINGS["enable_cuda_graph=1"],
+                                                                          x, seconds)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["retinanet_coco", "ssd_resnet34"])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    import onnxruntime
+
+    lines = [f"ms per inference, one at a time (onnxruntime {onnxruntime.__version__}, CUDAExecutionProvider)",
+             "| model | graph, setting | ms |", "|---|---|---|"]
+    for name in args.models:
+        for model, setting, ms in rows(name, args.seconds):
+            lines.append(f"| {model} | {setting} | {ms} |")
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""GPU energy during a timed LoadGen test, read through NVML (nvidia-ml-py), with no external power analyzer.
+
+A thread reads the board's cumulative energy counter (NVML's total energy, millijoules since the driver loaded;
+Volta and later) every SAMPLE_PERIOD_S while the test runs; boards without the counter are sampled for power
+and integrated. The energy of the timed window (the SUT's first query to its last answer) is interpolated from
+those readings. It is the whole board's draw, idle power included: what the GPU cost while the test ran.
+Machines without an NVIDIA GPU, driver or nvidia-ml-py measure nothing, and the result's energy is null.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+SAMPLE_PERIOD_S = 0.05
+
+
+@dataclass(frozen=True)
+class Energy:
+    """The GPU's energy over a timed window, and per sample answered in it."""
+
+    gpu: str  # NVML's name of the board, and its NVML index
+    source: str  # "NVML energy counter" or "NVML power samples"
+    seconds: float
+    joules: float
+    average_watts: float
+    samples: int
+    joules_per_sample: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _nvml() -> Any | None:
+    """The initialised pynvml module, or None where there is no NVIDIA driver or nvidia-ml-py."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as err:  # noqa: BLE001 — ImportError, or NVMLError for a missing library or driver
+        log.debug("no GPU energy: %s", err)
+        return None
+    return pynvml
+
+
+def _cuda_device_index(nvml: Any) -> int:
+    """The NVML index of the board onnxruntime's CUDA device 0 runs on: the first CUDA_VISIBLE_DEVICES entry
+    (an index or a UUID), else 0."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if first.isdigit():
+        return int(first)
+    if first:
+        for index in range(nvml.nvmlDeviceGetCount()):
+            if str(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(index))).startswith(first):
+                return index
+    return 0
+
+
+class EnergyMeter:
+    """Reads the GPU's cumulative energy in the background between `start` and `stop`; `energy` then gives any
+    window inside. A meter on a machine without NVML measures nothing (`available` False)."""
+
+    def __init__(self, period_s: float = SAMPLE_PERIOD_S):
+        self._nvml = _nvml()
+        self._period = period_s
+        self._times: list[float] = []
+        self._millijoules: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.gpu = self.source = ""
+        if self._nvml:
+            index = _cuda_device_index(self._nvml)
+            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            self.gpu = f"{self._nvml.nvmlDeviceGetName(self._handle)} (NVML index {index})"
+            self._counter = self._has_counter()
+            self.source = "NVML energy counter" if self._counter else "NVML power samples"
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None
+
+    def _has_counter(self) -> bool:
+        try:
+            self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except self._nvml.NVMLError:
+            return False
+        return True
+
+    def _read(self) -> None:
+        """One reading: the counter, or the power since the last reading integrated onto the last value."""
+        now = time.perf_counter()
+        if self._counter:
+            value = float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        else:
+            watts = self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+            value = self._millijoules[-1] + watts * (now - self._times[-1]) * 1000.0 if self._times else 0.0
+        self._times.append(now)
+        self._millijoules.append(value)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self._read()
+
+    def start(self) -> None:
+        if not self.available:
+            return
+        self._read()
+        self._thread = threading.Thread(target=self._loop, name="energy", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+            self._read()
+            self._nvml.nvmlShutdown()
+            self._thread = None
+
+    def energy(self, start: float, end: float, samples: int) -> Energy | None:
+        """The energy between two time.perf_counter() instants within the metered span, None if unmeasured."""
+        if not self.available or len(self._times) < 2:
+            return None
+        start, end = max(start, self._times[0]), min(end, self._times[-1])
+        if end <= start:
+            return None
+        millijoules = np.interp([start, end], self._times, self._millijoules)
+        joules = float(millijoules[1] - millijoules[0]) / 1000.0
+        seconds = end - start
+        return Energy(self.gpu, self.source, round(seconds, 3), round(joules, 3), round(joules / seconds, 1),
+                      samples, round(joules / samples, 4) if samples else None)

@@ -1,0 +1,87 @@
+"""The model a session runs: the stored model at the run's precision, with the normalization prefix if asked.
+
+An fp16 model is converted once (odbench/precision.py) and stored like any model, at its content path beside
+the fp32 file; a small record `models/<name>/<fp32 md5>/fp16-<converter digest>.json` holds its md5, so a later
+run finds it without converting again (a new converter is a new record). The record is checked like everything
+read from storage: only a 32-digit md5 is taken from it, the path is derived, and the file must match the md5.
+The normalization prefix (odbench/input_prefix.py) is graph surgery on the inputs only, built in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from odbench.fetch import content_path, store_bytes
+from odbench.input_prefix import with_normalization
+from odbench.model_store import StoredModel, check_stored, model_bytes
+from odbench.models import ModelSpec
+from odbench.storage import Storage
+
+log = logging.getLogger(__name__)
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def _converter_digest() -> str:
+    """The fp16 converter's own source: a changed converter makes a new model."""
+    from odbench import precision
+
+    return hashlib.md5(inspect.getsource(precision).encode()).hexdigest()[:12]
+
+
+def _record_rel(model: StoredModel) -> str:
+    return f"models/{model.model_name}/{model.md5}/fp16-{_converter_digest()}.json"
+
+
+def _fp16_model(model: StoredModel, md5: str) -> StoredModel:
+    """The StoredModel of the fp16 conversion of `model` whose file has `md5`."""
+    rel = content_path(f"models/{model.model_name}", md5, f"{model.model_name}-fp16.onnx")
+    return replace(model, rel=rel, md5=md5, source=f"{model.source} (converted to fp16)")
+
+
+def _recorded(model: StoredModel, storage: Storage) -> StoredModel | None:
+    """The stored fp16 conversion a record points at, if the record is sound and the file matches it."""
+    rel = _record_rel(model)
+    if not storage.exists(rel):
+        return None
+    try:
+        md5 = storage.read_json(rel).get("md5", "")
+    except (ValueError, AttributeError):
+        md5 = ""
+    if not isinstance(md5, str) or not _MD5.fullmatch(md5):
+        log.warning("%s is not a conversion record; converting again", storage.uri(rel))
+        return None
+    converted = _fp16_model(model, md5)
+    if problem := check_stored(converted, storage):
+        log.warning("the stored fp16 model: %s; converting again", problem)
+        return None
+    return converted
+
+
+def at_precision(model: StoredModel, storage: Storage, precision: str) -> StoredModel:
+    """`model` itself for fp32; for fp16 its stored conversion, converted and stored first if needed."""
+    if precision == "fp32":
+        return model
+    if found := _recorded(model, storage):
+        log.info("fp16 model %s (converted before)", found.rel)
+        return found
+    from odbench.precision import to_fp16
+
+    source = model_bytes(model, storage)
+    log.info("converting %s to fp16 (once; stored beside it)", model.rel)
+    data = to_fp16(Path(source).read_bytes() if isinstance(source, str) else source)
+    stored = store_bytes(data, storage, f"models/{model.model_name}", f"{model.model_name}-fp16.onnx")
+    storage.write_json(_record_rel(model), {"md5": stored.md5, "from_md5": model.md5})
+    return _fp16_model(model, stored.md5)
+
+
+def session_model(model: StoredModel, storage: Storage, spec: ModelSpec, normalize_on_device: bool,
+                  sample_dtype: str) -> bytes | str:
+    """What onnxruntime loads: the verified model file (a path or bytes), with the normalization prefix taking
+    `sample_dtype` samples when normalize_on_device."""
+    source = model_bytes(model, storage)
+    return with_normalization(source, spec, sample_dtype) if normalize_on_device else source

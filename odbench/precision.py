@@ -1,0 +1,344 @@
+"""FP16 models for the benchmark, and how closely a model's detections agree with the FP32 model's.
+
+`to_fp16` runs a detector's convolutional trunk in float16 and keeps everything after it in float32. The rule is
+structural, so it holds for any detector graph: a node runs in fp16 when it is a Conv or an ancestor of one (the
+backbone, FPN, heads and whatever feeds them, input normalization included) and its operator schema lets its float
+tensors be float16; every other node (reshapes of the head maps, sigmoid/softmax, TopK, box decoding, NMS, gathers)
+stays float32. Graph inputs and outputs keep their types.
+
+Why a converter of our own rather than `onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True,
+node_block_list=<the non-trunk nodes>)`: that converter types every float tensor float16, then, for each blocked
+(fp32) node, casts each fp16-typed input to fp32 under a name derived from the tensor alone
+(`<tensor>_cast_to_fp32_node` writing `<tensor>_cast_to_fp32`) and casts each output back to fp16. A tensor read by
+two blocked nodes (a head map reshaped for both scores and boxes, a graph input read twice) therefore gets two Casts
+of the same name writing the same tensor, and onnxruntime refuses the model ("two nodes with same node name"); on the
+full-size RetinaNet stand-in 34 tensors are written twice. Deleting the duplicates makes it load but leaves the
+"fp32" post-processing round-tripping through fp16 at every edge (156 such Casts there), so it is not FP32 NMS and
+decoding; on the real torchvision graph the issue also reports a Cast-less input left behind. Repairing that output
+would mean undoing most of what it did, so this module rewires the graph itself: each boundary tensor gets one Cast
+(or, for a weight, one float16 copy) per precision, shared by all its readers, under a name checked against every
+name in the graph, and the fp32 part is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from odbench.backend import requested_providers  # imported first: it sets onnxruntime's telemetry off
+from odbench.models import ModelSpec
+
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+HALF_TYPE = "tensor(float16)"
+MATCH_IOU = 0.9  # a reference detection is reproduced by a test detection of the same label at this IoU or more
+AGREEMENT_LIMITS: dict[str, float] = {"fp16": 1e-2}  # largest pre-NMS ||test - ref|| / ||ref|| per precision
+
+
+class NoNmsError(ValueError):
+    pass
+
+
+# -- fp16 conversion -------------------------------------------------------------------------------------------
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor's element type, from shape inference (0 where unknown)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        types[info.name] = info.type.tensor_type.elem_type
+    return types
+
+
+def _conv_trunk(nodes: Sequence[onnx.NodeProto]) -> set[int]:
+    """Indices of the Conv nodes and of every node they depend on."""
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    todo = [i for i, node in enumerate(nodes) if node.op_type in CONV_OPS]
+    trunk: set[int] = set()
+    while todo:
+        i = todo.pop()
+        if i not in trunk:
+            trunk.add(i)
+            todo.extend(producer[name] for name in nodes[i].input if name in producer)
+    return trunk
+
+
+def _half_positions(node: onnx.NodeProto, opset: int, types: dict[str, int]) -> tuple[set[int], set[int]] | None:
+    """The (input, output) positions of a node's float tensors that may become float16 together, or None when the
+    node cannot run in fp16 (no schema, subgraphs, a tensor of unknown type, or a float output whose type no
+    converted input decides)."""
+    if node.domain not in ("", "ai.onnx") or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+        return None
+    if any(name and not types.get(name) for name in (*node.input, *node.output)):
+        return None
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset)
+    except onnx.defs.SchemaError:
+        return None
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+
+    def params(names: Sequence[str], formals: Sequence) -> list[tuple[int, str]]:
+        return [(i, formals[min(i, len(formals) - 1)].type_str) for i, name in enumerate(names)
+                if name and types.get(name) == FLOAT]
+
+    inputs, outputs = params(node.input, schema.inputs), params(node.output, schema.outputs)
+    half_params = {p for _, p in inputs if HALF_TYPE in allowed.get(p, ())}
+    if any(p not in half_params for _, p in outputs):
+        return None
+    return {i for i, p in inputs if p in half_params}, {i for i, _ in outputs}
+
+
+class _Rewriter:
+    """Rewires a graph so that each reader gets a tensor in the precision it runs in: one Cast node (or, for a
+    weight, one converted initializer) per tensor and precision, shared by all readers."""
+
+    def __init__(self, graph: onnx.GraphProto, half_outputs: set[str]):
+        self.graph = graph
+        inputs = {i.name for i in graph.input}  # an initializer that is also an input can be overridden: cast it
+        self.initializers = {t.name: t for t in graph.initializer if t.name not in inputs}
+        self.names = {n for node in graph.node for n in (*node.input, *node.output, node.name)}
+        self.names |= {v.name for v in (*graph.input, *graph.output)} | set(self.initializers)
+        self.half_outputs = half_outputs  # tensors written in fp16 by the trunk
+        self.views: dict[tuple[str, int], str] = {}
+        self.casts: list[onnx.NodeProto] = []
+
+    def unique(self, base: str) -> str:
+        """A name no tensor or node of the graph has, and reserve it."""
+        name, n = base, 0
+        while name in self.names:
+            n += 1
+            name = f"{base}_{n}"
+        self.names.add(name)
+        return name
+
+    def precision(self, name: str) -> int:
+        """The element type `name` now holds: FLOAT16 for the trunk's float outputs, else FLOAT."""
+        return HALF if name in self.half_outputs else FLOAT
+
+    def view(self, name: str, to: int) -> str:
+        """The name holding tensor `name` in precision `to`, adding its Cast or converted weight once."""
+        if self.precision(name) == to:
+            return name
+        if (name, to) not in self.views:
+            suffix = "fp16" if to == HALF else "fp32"
+            out = self.unique(f"{name}_{suffix}")
+            if name in self.initializers:
+                self.graph.initializer.append(_half_initializer(self.initializers[name], out))
+            else:
+                self.casts.append(helper.make_node("Cast", [name], [out], name=self.unique(f"Cast_{out}"), to=to))
+            self.views[name, to] = out
+        return self.views[name, to]
+
+
+def _half_initializer(tensor: TensorProto, name: str) -> TensorProto:
+    """A float32 initializer as float16 under a new name, finite values clipped to float16's range."""
+    values = numpy_helper.to_array(tensor)
+    limit = float(np.finfo(np.float16).max)
+    values = np.where(np.isfinite(values), np.clip(values, -limit, limit), values)
+    return numpy_helper.from_array(values.astype(np.float16), name)
+
+
+def _rewire(graph: onnx.GraphProto, plan: dict[int, tuple[set[int], set[int]]], types: dict[str, int]) -> None:
+    """Switch the planned nodes' float tensors to fp16 and put a Cast on every precision boundary."""
+    half_outputs = {graph.node[i].output[j] for i, (_, outs) in plan.items() for j in outs}
+    rw = _Rewriter(graph, half_outputs)
+    for out in graph.output:  # a graph output the trunk writes: the trunk writes a renamed copy, cast back
+        if out.name in half_outputs:
+            renamed = rw.unique(f"{out.name}_fp16")
+            for node in graph.node:
+                node.input[:] = [renamed if n == out.name else n for n in node.input]
+                node.output[:] = [renamed if n == out.name else n for n in node.output]
+            half_outputs.symmetric_difference_update({out.name, renamed})
+            types[renamed] = FLOAT
+            rw.casts.append(helper.make_node("Cast", [renamed], [out.name], name=rw.unique(f"Cast_{out.name}"),
+                                             to=FLOAT))
+            rw.views[renamed, FLOAT] = out.name
+    for i, node in enumerate(graph.node):
+        half_inputs = plan[i][0] if i in plan else set()
+        for j, name in enumerate(node.input):
+            if name and types.get(name) == FLOAT:
+                node.input[j] = rw.view(name, HALF if j in half_inputs else FLOAT)
+    _place_casts(graph, rw.casts)
+    inputs = {i.name for i in graph.input}
+    used = {n for node in graph.node for n in node.input} | inputs
+    kept = [t for t in graph.initializer if t.name in used]  # weights now read only as fp16 copies are dropped
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _place_casts(graph: onnx.GraphProto, casts: list[onnx.NodeProto]) -> None:
+    """Insert each Cast right after the node writing its input (first, for graph inputs): keeps the order
+    topological."""
+    after: dict[str, list[onnx.NodeProto]] = {}
+    for cast in casts:
+        after.setdefault(cast.input[0], []).append(cast)
+    produced = {out for node in graph.node for out in node.output}
+    ordered = [cast for name, group in after.items() if name not in produced for cast in group]
+    for node in graph.node:
+        ordered += [node, *(cast for out in node.output for cast in after.get(out, ()))]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def to_fp16(model: bytes) -> bytes:
+    """The model with its convolutional trunk in float16 and its post-processing (decoding, TopK, NMS) in float32,
+    its inputs and outputs unchanged: for FP16 benchmark runs that keep FP32's detection logic."""
+    proto = onnx.load_model_from_string(model)
+    graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    types = _elem_types(proto)
+    plan = {i: pos for i in _conv_trunk(graph.node)
+            if (pos := _half_positions(graph.node[i], opset, types)) is not None}
+    if not any(graph.node[i].op_type in CONV_OPS for i in plan):
+        raise ValueError("the graph has no Conv that can run in float16: nothing to convert")
+    _rewire(graph, plan, types)
+    del graph.value_info[:]  # stale float32 annotations of tensors now float16; onnxruntime infers its own
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+# -- pre-NMS tensors -------------------------------------------------------------------------------------------
+
+
+def nms_inputs(model: bytes) -> list[str]:
+    """The boxes and scores inputs of each NonMaxSuppression node, in graph order."""
+    graph = onnx.load_model_from_string(model).graph
+    names = [name for node in graph.node if node.op_type == "NonMaxSuppression" for name in node.input[:2]]
+    if not names:
+        raise NoNmsError(f"graph {graph.name!r} has no NonMaxSuppression node: no pre-NMS tensors to compare")
+    return list(dict.fromkeys(names))
+
+
+def head_outputs(model: bytes) -> list[str]:
+    """The float tensors the Conv trunk hands to the post-processing (the head maps): a detector's dense pre-NMS
+    outputs, before any TopK, threshold or NMS, so two precisions' tensors line up element by element."""
+    proto = onnx.load_model_from_string(model)
+    graph, types = proto.graph, _elem_types(proto)
+    trunk = _conv_trunk(graph.node)
+    read_outside = {n for i, node in enumerate(graph.node) if i not in trunk for n in node.input}
+    read_outside |= {o.name for o in graph.output}
+    return [out for i in sorted(trunk) for out in graph.node[i].output
+            if out in read_outside and types.get(out) == FLOAT]
+
+
+def expose_tensors(model: bytes, names: Iterable[str]) -> bytes:
+    """The model with these intermediate tensors added as graph outputs (type and shape left to inference)."""
+    proto = onnx.load_model_from_string(model)
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    return proto.SerializeToString()
+
+
+def expose_pre_nms(model: bytes) -> tuple[bytes, list[str]]:
+    """The model with its NMS inputs (boxes, scores) as extra outputs, and their names. Where TopK or a score
+    threshold precede the NMS (RetinaNet, SSD) these are selected candidates, whose order and number move with
+    tiny score changes: compare precisions on `head_outputs` instead."""
+    names = nms_inputs(model)
+    return expose_tensors(model, names), names
+
+
+# -- agreement with the reference ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a test model (e.g. fp16) agrees with the reference (fp32) on the same inputs."""
+
+    inputs: int
+    pre_nms_relative_error: float  # max over inputs and head outputs (dense, pre-NMS) of ||test - ref|| / ||ref||
+    detections_reference: int
+    detections_test: int
+    detections_reproduced: int  # reference detections matched one-to-one by a same-label test box at IoU >= 0.9
+    share_reproduced: float  # detections_reproduced / detections_reference (1.0 when the reference has none)
+
+    def within(self, precision: str) -> bool:
+        """Whether the pre-NMS error is inside AGREEMENT_LIMITS for this precision."""
+        return self.pre_nms_relative_error <= AGREEMENT_LIMITS[precision]
+
+    def to_json(self) -> str:
+        """The fields as a JSON object, for run reports."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def relative_error(reference: np.ndarray, test: np.ndarray) -> float:
+    """||test - ref|| / ||ref|| (0 for two zero tensors)."""
+    if reference.shape != test.shape:
+        raise ValueError(f"cannot compare tensors of shapes {reference.shape} and {test.shape}")
+    ref, diff = np.linalg.norm(reference.astype(np.float64)), np.linalg.norm(test.astype(np.float64) - reference)
+    return float(diff / ref) if ref else (0.0 if diff == 0 else float("inf"))
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of x1, y1, x2, y2 boxes (0 for degenerate ones)."""
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU [len(a), len(b)] of x1, y1, x2, y2 boxes."""
+    low, high = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], scores [K], labels [K]
+
+
+def reproduced(reference: Detections, test: Detections, min_iou: float = MATCH_IOU) -> int:
+    """How many reference detections a distinct test detection of the same label overlaps at `min_iou` or more,
+    matching greedily from the highest reference score."""
+    (ref_boxes, ref_scores, ref_labels), (boxes, _, labels) = reference, test
+    iou = np.where(ref_labels[:, None] == labels[None, :], box_iou(ref_boxes, boxes), 0.0)
+    taken = np.zeros(len(labels), bool)
+    count = 0
+    for row in np.argsort(-ref_scores, kind="stable"):
+        candidates = np.where(taken, -1.0, iou[row])
+        best = int(np.argmax(candidates)) if len(candidates) else -1
+        if best >= 0 and candidates[best] >= min_iou:
+            taken[best], count = True, count + 1
+    return count
+
+
+class _Runner:
+    """A session over a model with some intermediate tensors exposed: detections and those tensors per input."""
+
+    def __init__(self, model: bytes, spec: ModelSpec, exposed: Sequence[str], providers: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(expose_tensors(model, exposed), sess_options=options,
+                                            providers=providers)
+        self.outputs = [spec.boxes.name, spec.scores.name, spec.labels.name, *exposed]
+        self.spec = spec
+
+    def run(self, x: np.ndarray) -> tuple[Detections, list[np.ndarray]]:
+        """Detections shaped as OnnxBackend.infer returns them, and the exposed tensors."""
+        boxes, scores, labels, *exposed = self.session.run(self.outputs, {self.spec.input.name: x})
+        return (boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)), exposed
+
+
+def agreement(reference: bytes, test: bytes, inputs: Sequence[np.ndarray], spec: ModelSpec,
+              execution_device: str = "cpu", test_inputs: Sequence[np.ndarray] | None = None) -> Agreement:
+    """Run the reference (fp32) and test models on the same float32 inputs and compare their pre-NMS head outputs
+    (named as in the reference; `to_fp16` and the normalization prefix keep those names) and their detections.
+    `test_inputs`: the same images as the test model takes them (e.g. uint8 samples for a normalization prefix)."""
+    heads = head_outputs(reference)
+    if not heads:
+        raise ValueError("the reference graph has no Conv trunk whose outputs could be compared")
+    providers = requested_providers(execution_device)
+    ref_runner, test_runner = (_Runner(model, spec, heads, providers) for model in (reference, test))
+    error, counts = 0.0, np.zeros(3, np.int64)
+    for x, y in zip(inputs, inputs if test_inputs is None else test_inputs, strict=True):
+        (ref_dets, ref_heads), (test_dets, test_heads) = ref_runner.run(x), test_runner.run(y)
+        error = max([error, *(relative_error(a, b) for a, b in zip(ref_heads, test_heads))])
+        counts += (len(ref_dets[0]), len(test_dets[0]), reproduced(ref_dets, test_dets))
+    ref_count, test_count, matched = (int(c) for c in counts)
+    return Agreement(len(inputs), error, ref_count, test_count, matched, matched / ref_count if ref_count else 1.0)

@@ -1,0 +1,98 @@
+"""The hot-path options (normalize_on_device, samples_on_device, model_precision) against the plain path, on
+real onnxruntime sessions and real LoadGen runs: the same detections, the options recorded, bad values refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from odbench.backend import OnnxBackend
+from odbench.benchmark import run_benchmark
+from odbench.energy import EnergyMeter
+from odbench.input_prefix import device_input, with_normalization
+from odbench.models import get_spec
+from odbench.params import BenchmarkParams
+from odbench.preprocess import to_model_input
+from odbench.standin import build_standin
+from odbench.storage import Storage
+
+N = 6
+
+
+def _image(side: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (side, side, 3), dtype=np.uint8).astype(dtype)
+
+
+@pytest.mark.parametrize("model_name", ["ssd_resnet34", "retinanet_coco"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_normalizing_on_the_device_gives_the_host_input_bit_for_bit(model_name: str, dtype: str) -> None:
+    """The prefixed model takes the stored sample ([1,R,R,3] in its dtype) and answers exactly as the plain model
+    does on to_model_input's float32 tensor (ssd_resnet34 has mean/std, retinanet only /255)."""
+    spec = get_spec(model_name)
+    model = build_standin(spec)
+    prefixed = ort.InferenceSession(with_normalization(model, spec, dtype))
+    (fed,) = prefixed.get_inputs()
+    assert (fed.name, fed.type, fed.shape) == (spec.input.name, f"tensor({dtype.replace('32', '')})",
+                                               [1, spec.resolution, spec.resolution, 3])
+    sample = _image(spec.resolution, dtype)
+    host = ort.InferenceSession(model).run(None, {spec.input.name: to_model_input(sample, spec)})
+    device = prefixed.run(None, {spec.input.name: device_input(sample)})
+    assert all(np.array_equal(a, b) for a, b in zip(host, device))
+
+
+def test_samples_placed_on_the_device_run_through_io_binding() -> None:
+    """With samples_on_device a placed sample is an onnxruntime value (CPU memory on a CPU-only machine), and
+    inference through IO binding answers as session.run does on the array."""
+    spec = get_spec("retinanet_coco")
+    model = build_standin(spec)
+    x = to_model_input(_image(spec.resolution, "uint8"), spec)
+    bound = OnnxBackend(model, spec, "cpu", 1, samples_on_device=True)
+    placed = bound.place(x)
+    assert isinstance(placed, ort.OrtValue) and placed.device_name() == "cpu"
+    plain = OnnxBackend(model, spec, "cpu", 1)
+    assert plain.place(x) is x
+    assert all(np.array_equal(a, b) for a, b in zip(bound.infer(placed), plain.infer(x)))
+
+
+def _params(synthetic_dir: Path, **overrides) -> BenchmarkParams:
+    return BenchmarkParams(**{"model_name": "retinanet", "loadgen_dataset_size": N, "model_url": "standin",
+                              "dataset_url": str(synthetic_dir), "execution_device": "cpu",
+                              "preprocess_resize_dtype": "uint8", **overrides})
+
+
+def test_the_options_leave_every_detection_unchanged_and_are_recorded(synthetic_dir, tmp_path) -> None:
+    """An AccuracyOnly run with uint8 samples normalized on the device and placed there logs byte-identical
+    detections to the plain run, and its result says which options ran."""
+    storage = Storage(str(tmp_path / "store"))
+    plain = run_benchmark(_params(synthetic_dir), storage)
+    fast = run_benchmark(_params(synthetic_dir, normalize_on_device=True, samples_on_device=True), storage)
+    logs = [(Path(storage.root) / "runs" / r.run_id / "mlperf_log_accuracy.json").read_bytes() for r in (plain, fast)]
+    assert logs[0] == logs[1] and len(logs[0]) > 100
+    assert (plain.normalize_on_device, plain.samples_on_device) == (False, False)
+    assert (fast.normalize_on_device, fast.samples_on_device, fast.model_precision) == (True, True, "fp32")
+    assert fast.mAP == plain.mAP
+
+
+def test_a_timed_run_without_an_nvidia_gpu_reports_no_energy(synthetic_dir, tmp_path) -> None:
+    """Energy is read through NVML: where there is none (this CPU machine), a timed run's energy is null, not 0."""
+    if EnergyMeter().available:
+        pytest.skip("this machine has an NVIDIA GPU and NVML: the energy is measured (benchmarks/gpu_hot_path.py)")
+    result = run_benchmark(_params(synthetic_dir, loadgen_mode="PerformanceOnly", loadgen_profile="quick",
+                                   loadgen_target_qps=100.0, loadgen_count_override=8, samples_on_device=True),
+                           Storage(str(tmp_path / "store")))
+    assert result.performance and result.performance > 0
+    assert result.energy is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"model_precision": "fp8"}, "unknown model_precision 'fp8'; use one of: fp32, fp16"),
+    ({"normalize_on_device": "yes"}, "normalize_on_device='yes' is not a boolean"),
+    ({"samples_on_device": 1}, "samples_on_device=1 is not a boolean"),
+])
+def test_bad_option_values_fail_before_any_work(synthetic_dir, override, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _params(synthetic_dir, **override)
