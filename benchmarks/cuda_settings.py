@@ -5,10 +5,12 @@
 onnxruntime's profiler cannot split asynchronous GPU work per operator (docs/performance.md, section 3), so
 this times whole graphs with a bare loop instead: the model's convolutional trunk alone (every Conv and what
 feeds it, cut where the last convolutions end; onnx.utils.Extractor), the whole model, the whole model at
-fp16, and the whole model under CUDA provider options (cuDNN algorithm search, TF32, NHWC layout, workspace,
-CUDA graphs). The difference between the whole model and its trunk is the post-processing (decode, TopK,
-NMS). Each row is ms per inference, one at a time, after a warm-up; a setting onnxruntime refuses is a row
-with its error. Stand-in numbers are not the real models' numbers.
+fp16, the whole model under CUDA provider options (cuDNN algorithm search, TF32, NHWC layout, workspace), and
+the trunk captured as a CUDA graph (last: on the whole model, whose NMS output shapes depend on the data,
+onnxruntime 1.31.1 did not refuse the capture but died of an illegal memory access). The difference between
+the whole model and its trunk is the post-processing (decode, TopK, NMS). Each row is ms per inference, one at
+a time, after a warm-up, printed as soon as it is measured; a setting onnxruntime refuses is a row with its
+error. Stand-in numbers are not the real models' numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -35,8 +38,8 @@ SETTINGS: dict[str, dict[str, str]] = {  # CUDAExecutionProvider options; {} is 
     "use_tf32=0": {"use_tf32": "0"},
     "prefer_nhwc=1": {"prefer_nhwc": "1"},
     "cudnn_conv_use_max_workspace=0": {"cudnn_conv_use_max_workspace": "0"},
-    "enable_cuda_graph=1": {"enable_cuda_graph": "1"},
 }
+CUDA_GRAPH = {"enable_cuda_graph": "1"}
 
 
 def trunk(model: onnx.ModelProto) -> bytes:
@@ -63,8 +66,11 @@ def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, secon
     import onnxruntime as ort
 
     ort.preload_dlls()
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model, providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
+        session = ort.InferenceSession(model, sess_options=session_options,
+                                       providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x}
         for _ in range(WARMUP):
             session.run(None, feed)
@@ -77,19 +83,20 @@ def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, secon
         return f"refused: {str(err).splitlines()[0][:160]}"
 
 
-def rows(name: str, seconds: float) -> list[tuple[str, str, str]]:
+def rows(name: str, seconds: float) -> Iterator[tuple[str, str, str]]:
+    """(model, graph and setting, ms) one by one, so a crash of the last loses none before it."""
     spec = get_spec(name)
     fp32 = build_full_standin(spec)
     x = probe_input(spec)
-    proto = onnx.load_model_from_string(fp32)
-    out = [(name, "trunk only (convolutions), default", ms_per_inference(trunk(proto), {}, x, seconds)),
-           (name, "trunk only, fp16", ms_per_inference(to_fp16(trunk(proto)), {}, x, seconds)),
-           (name, "whole model, fp16", ms_per_inference(to_fp16(fp32), {}, x, seconds))]
+    core = trunk(onnx.load_model_from_string(fp32))
+    yield name, "trunk only (convolutions), default", ms_per_inference(core, {}, x, seconds)
+    yield name, "trunk only, fp16", ms_per_inference(to_fp16(core), {}, x, seconds)
+    yield name, "whole model, fp16", ms_per_inference(to_fp16(fp32), {}, x, seconds)
+    yield name, "whole model, fp16, prefer_nhwc=1", ms_per_inference(to_fp16(fp32), SETTINGS["prefer_nhwc=1"], x,
+                                                                     seconds)
     for label, options in SETTINGS.items():
-        out.append((name, f"whole model, {label}", ms_per_inference(fp32, options, x, seconds)))
-    out.append((name, "trunk only, enable_cuda_graph=1", ms_per_inference(trunk(proto), SETTINGS["enable_cuda_graph=1"],
-                                                                          x, seconds)))
-    return out
+        yield name, f"whole model, {label}", ms_per_inference(fp32, options, x, seconds)
+    yield name, "trunk only, enable_cuda_graph=1", ms_per_inference(core, CUDA_GRAPH, x, seconds)
 
 
 def main() -> None:

@@ -8,10 +8,12 @@ odbench/standin_full.py `probe_image`, stored as uint8 samples are):
 - the bare loop: `OnnxBackend.infer` on host float32 inputs, one thread, Offline samples/s and SingleStream
   p50/p90; and the same loop with the best options, for the ratio at equal options;
 - the harness (LoadGen PerformanceOnly through the benchmark's SUT) with no option, with each option alone
-  (loadgen_concurrency, samples_on_device, normalize_on_device with uint8 samples, model_precision=fp16) and
-  with the best combination: Offline samples/s with the GPU's energy per sample (NVML), SingleStream p50/p90;
+  (loadgen_concurrency, samples_on_device, normalize_on_device with uint8 samples, model_precision=fp16,
+  prefer_nhwc) and with the best combination: Offline samples/s with the GPU's energy per sample (NVML),
+  SingleStream p50/p90; and the bare loop over several sessions (one CUDA stream each), one thread on each;
 - agreement with fp32 on the same inputs: pre-NMS outputs ‖Δ‖/‖ref‖ and the share of fp32 detections
-  reproduced (IoU >= 0.9, same label), for fp16 and for uint8 normalized on the device.
+  reproduced (IoU >= 0.9, same label), for fp16, for uint8 normalized on the device, and for fp32 itself in a
+  second session (the spread of the GPU's own post-processing on tied scores).
 Each measurement runs for about `--seconds` (its sample count from a short untimed probe of the same setup).
 Prints two tables; ratios are against the bare fp32 single-thread loop of the same model. Stand-in numbers are
 not the real models' numbers.
@@ -23,6 +25,7 @@ import argparse
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +59,19 @@ class Variant:
     normalize_on_device: bool = False
     samples_on_device: bool = False
     loadgen_concurrency: int = 1
+    prefer_nhwc: bool = False
 
 
 NONE = Variant("no option")
-BEST = Variant("best: fp16, uint8 normalized on device, samples on device, 4 in flight", "fp16", True, True, 4)
+BEST = Variant("best: fp16, NHWC, uint8 normalized on device, samples on device, 4 in flight", "fp16", True, True, 4,
+               True)
 VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
             Variant("samples_on_device", samples_on_device=True),
             Variant("normalize_on_device (uint8 samples)", normalize_on_device=True),
-            Variant("model_precision=fp16", "fp16"), BEST,
-            Variant("best, 8 in flight", "fp16", True, True, 8))
+            Variant("model_precision=fp16", "fp16"), Variant("prefer_nhwc", prefer_nhwc=True),
+            Variant("fp16 + prefer_nhwc", "fp16", prefer_nhwc=True), BEST,
+            Variant("best, 8 in flight", "fp16", True, True, 8, True))
+SESSIONS = 4  # the bare loop with this many sessions (one CUDA stream each), one thread on each
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
 
 
@@ -91,7 +98,7 @@ class Setup:
     def backend(self, variant: Variant) -> tuple[OnnxBackend, list]:
         """A session for the variant, warmed up, and the images as that variant's samples."""
         backend = OnnxBackend(self.model(variant), self.spec, self.device, 0,
-                              samples_on_device=variant.samples_on_device)
+                              samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc)
         inputs = [backend.place(self.sample(image, variant)) for image in self.images]
         for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
             backend.infer(inputs[i % len(inputs)])
@@ -135,6 +142,24 @@ def bare_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
     return rows
 
 
+def sessions_row(setup: Setup, variant: Variant, sessions: int, seconds: float) -> Row:
+    """The bare loop over `sessions` sessions of the same model, one thread each: Offline samples/s."""
+    pairs = [setup.backend(variant) for _ in range(sessions)]
+    count = count_for(*pairs[0], 1, seconds)
+
+    def run(pair: tuple[OnnxBackend, list]) -> None:
+        backend, inputs = pair
+        for i in range(count):
+            backend.infer(inputs[i % len(inputs)])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=sessions) as pool:
+        list(pool.map(run, pairs))
+    rate = count * sessions / (time.perf_counter() - start)
+    return (setup.label, f"bare loop, {variant.label.split(', 4 in flight')[0]}, {sessions} sessions x 1 thread",
+            "Offline samples/s", f"{rate:,.2f}", "")
+
+
 def harness_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
     """The harness with a variant's options: Offline samples/s with energy; SingleStream p50/p90."""
     backend, inputs = setup.backend(variant)
@@ -156,7 +181,8 @@ def agreement_rows(setup: Setup) -> list[Row]:
     images = setup.images[:AGREEMENT_IMAGES]
     reference = [to_model_input(image, setup.spec) for image in images]
     rows = []
-    for variant in (Variant("model_precision=fp16", "fp16"), Variant("normalize_on_device", normalize_on_device=True)):
+    for variant in (Variant("model_precision=fp16", "fp16"), Variant("normalize_on_device", normalize_on_device=True),
+                    Variant("fp32 again (a second session: the GPU's own run-to-run spread)")):
         found = agreement(setup.models["fp32"], setup.model(variant), reference, setup.spec, setup.device,
                           [setup.sample(image, variant) for image in images])
         rows.append((setup.label, variant.label, "pre-NMS ‖Δ‖/‖ref‖; fp32 detections reproduced",
@@ -168,6 +194,7 @@ def agreement_rows(setup: Setup) -> list[Row]:
 def measure_model(name: str, device: str, seconds: float, small: bool) -> tuple[list[Row], list[Row]]:
     setup = Setup(get_spec(name), device, small)
     speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
+    speed.append(sessions_row(setup, BEST, SESSIONS, seconds))
     for variant in VARIANTS:
         speed += harness_rows(setup, variant, seconds)
     return speed, agreement_rows(setup)

@@ -88,6 +88,7 @@ def detect(
     model_precision: Precision = D.model_precision,
     normalize_on_device: bool = D.normalize_on_device,
     samples_on_device: bool = D.samples_on_device,
+    prefer_nhwc: bool = D.prefer_nhwc,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -153,6 +154,8 @@ def detect(
             of the bytes) and let a prefix in the graph normalize it on the accelerator; same model input.
         samples_on_device: LoadGen's untimed sample load copies each sample into accelerator memory, and
             inference reads it there (onnxruntime IO binding): no host-to-device copy is timed.
+        prefer_nhwc: CUDA: run the convolutions in NHWC layout (onnxruntime's prefer_nhwc; faster cuDNN
+            kernels on an H200, docs/performance.md); no effect on the CPU provider.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
             tensorrt/trt. The result says which providers ran.
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.

@@ -73,11 +73,18 @@ def requested_providers(execution_device: str) -> list[str]:
     return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
 
 
+def _with_options(providers: list[str], prefer_nhwc: bool) -> list:
+    """The provider list with the CUDA provider's options: prefer_nhwc runs convolutions in NHWC layout (faster
+    cuDNN kernels on tensor cores; docs/performance.md); other providers take none."""
+    cuda = {"prefer_nhwc": "1"} if prefer_nhwc else {}
+    return [(p, cuda) if p == "CUDAExecutionProvider" and cuda else p for p in providers]
+
+
 class OnnxBackend:
     """An onnxruntime session for one model; reports the providers that actually run."""
 
     def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0,
-                 samples_on_device: bool = False):
+                 samples_on_device: bool = False, prefer_nhwc: bool = False):
         import onnxruntime as ort
 
         bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
@@ -87,7 +94,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, sess_options=options, providers=wanted)
+        self.session = ort.InferenceSession(model, sess_options=options, providers=_with_options(wanted, prefer_nhwc))
         self.providers = self.session.get_providers()
         self._check_provider(execution_device, wanted)
         self.spec = spec

@@ -116,6 +116,7 @@ class BenchmarkResult:
     model_precision: str = "fp32"  # fp16: the stored fp16 conversion ran (model_variants.py)
     normalize_on_device: bool = False  # the model normalized the stored samples (input_prefix.py)
     samples_on_device: bool = False  # samples were loaded into accelerator memory (IO binding)
+    prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout
     energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
 
     def to_json(self) -> dict[str, Any]:
@@ -237,6 +238,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
         preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
         normalize_on_device=params.normalize_on_device, samples_on_device=params.samples_on_device,
+        prefer_nhwc=params.prefer_nhwc,
         energy=timed.energy.to_json() if timed.energy else None,
     )
 
@@ -247,7 +249,8 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     model = at_precision(model, storage, params.model_precision)
     backend = OnnxBackend(session_model(model, storage, spec, params.normalize_on_device, dtype), spec,
-                          params.execution_device, params.cpu_threads, samples_on_device=params.samples_on_device)
+                          params.execution_device, params.cpu_threads, samples_on_device=params.samples_on_device,
+                          prefer_nhwc=params.prefer_nhwc)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")

@@ -54,6 +54,7 @@ class BenchmarkParams:
     model_precision: Precision = "fp32"  # fp16: the convolutions in float16, post-processing in float32
     normalize_on_device: bool = False  # the stored sample crosses as is (uint8: 1/4 of the bytes); the graph normalizes
     samples_on_device: bool = False  # LoadGen's untimed load puts samples in accelerator memory (IO binding)
+    prefer_nhwc: bool = False  # CUDA: convolutions in NHWC layout (onnxruntime's prefer_nhwc)
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -78,7 +79,7 @@ class BenchmarkParams:
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
-        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device"):
+        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device", "prefer_nhwc"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not a boolean: use true or false")
         if self.model_precision not in PRECISIONS:

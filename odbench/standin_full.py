@@ -230,11 +230,16 @@ def _retinanet_decode(g: GraphBuilder, deltas: str, anchors: str, resolution: in
 
 def _retinanet_level(g: GraphBuilder, logits: str, deltas: str, anchors: np.ndarray, classes: int,
                      resolution: int) -> tuple[str, str, str]:
-    """One level's top (anchor, class) candidates: (boxes [k, 4], scores [k], labels [k]). The top k
-    of all scores, thresholded later by the NMS, are the top k of those over the threshold."""
+    """One level's candidates as torchvision's postprocess_detections picks them: the (anchor, class) scores
+    over the threshold, then the best TOPK_CANDIDATES of those: (boxes [k, 4], scores [k], labels [k]).
+    Thresholding first keeps the TopK small (a TopK over all 8.2 million scores of P3 is slow on a GPU)."""
     scores = g.op("Sigmoid", g.reshape(_per_anchor(g, logits, classes), [-1]))
-    k = min(TOPK_CANDIDATES, len(anchors) * classes)
-    top, index = g.ops("TopK", scores, g.const([k], np.int64), outputs=2, axis=0)
+    over = g.op("Squeeze", g.op("NonZero", g.op("Greater", scores, g.const(SCORE_THRESHOLD))),
+                g.const([0], np.int64))
+    candidates = g.op("Gather", scores, over)
+    k = g.op("Min", g.op("Shape", candidates), g.const([TOPK_CANDIDATES], np.int64))
+    top, best = g.ops("TopK", candidates, k, outputs=2, axis=0)
+    index = g.op("Gather", over, best)
     anchor = g.op("Div", index, g.const(classes, np.int64))
     labels = g.op("Mod", index, g.const(classes, np.int64))
     picked = g.op("Gather", _per_anchor(g, deltas, 4), anchor)
@@ -262,9 +267,6 @@ def _retinanet(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str, str]:
     levels = [_retinanet_level(g, lg, dl, _retinanet_anchors(spec.resolution, grid, size), classes, spec.resolution)
               for lg, dl, grid, size in zip(logits, deltas, grids, ANCHOR_SIZES)]
     boxes, scores, labels = (g.op("Concat", *parts, axis=0) for parts in zip(*levels))
-    over = g.op("Squeeze", g.op("NonZero", g.op("Greater", scores, g.const(SCORE_THRESHOLD))),
-                g.const([0], np.int64))  # torchvision keeps only candidates over the threshold before its NMS
-    boxes, scores, labels = (g.op("Gather", x, over) for x in (boxes, scores, labels))
     return _batched_nms(g, boxes, scores, labels, spec.max_detections, spec.resolution)
 
 
