@@ -61,16 +61,19 @@ def trunk(model: onnx.ModelProto) -> bytes:
     return extractor.extract_model(inputs, ends).SerializeToString()
 
 
-def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float) -> str:
-    """Mean ms of sequential inferences for about `seconds`, or onnxruntime's refusal."""
+def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float,
+                     provider: str = "CUDAExecutionProvider") -> str:
+    """Mean ms of sequential inferences for about `seconds` with `provider` first, or onnxruntime's refusal."""
     import onnxruntime as ort
 
     ort.preload_dlls()
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model, sess_options=session_options,
-                                       providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
+        session = ort.InferenceSession(model, sess_options=session_options, providers=[
+            (provider, options), *[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p != provider]])
+        if session.get_providers()[0] != provider:
+            return f"refused: {provider} could not load (its libraries are missing)"
         feed = {session.get_inputs()[0].name: x}
         for _ in range(WARMUP):
             session.run(None, feed)
@@ -83,7 +86,7 @@ def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, secon
         return f"refused: {str(err).splitlines()[0][:160]}"
 
 
-def rows(name: str, seconds: float) -> Iterator[tuple[str, str, str]]:
+def rows(name: str, seconds: float, tensorrt: bool = False) -> Iterator[tuple[str, str, str]]:
     """(model, graph and setting, ms) one by one, so a crash of the last loses none before it."""
     spec = get_spec(name)
     fp32 = build_full_standin(spec)
@@ -97,19 +100,23 @@ def rows(name: str, seconds: float) -> Iterator[tuple[str, str, str]]:
     for label, options in SETTINGS.items():
         yield name, f"whole model, {label}", ms_per_inference(fp32, options, x, seconds)
     yield name, "trunk only, enable_cuda_graph=1", ms_per_inference(core, CUDA_GRAPH, x, seconds)
+    if tensorrt:
+        yield name, "whole model, TensorRT fp16 (unsupported nodes on CUDA)", ms_per_inference(
+            fp32, {"trt_fp16_enable": "1"}, x, seconds, "TensorrtExecutionProvider")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["retinanet_coco", "ssd_resnet34"])
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--tensorrt", action="store_true", help="also the TensorRT provider at fp16 (builds an engine)")
     args = parser.parse_args()
     import onnxruntime
 
     lines = [f"ms per inference, one at a time (onnxruntime {onnxruntime.__version__}, CUDAExecutionProvider)",
              "| model | graph, setting | ms |", "|---|---|---|"]
     for name in args.models:
-        for model, setting, ms in rows(name, args.seconds):
+        for model, setting, ms in rows(name, args.seconds, args.tensorrt):
             lines.append(f"| {model} | {setting} | {ms} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))

@@ -191,8 +191,32 @@ def agreement_rows(setup: Setup) -> list[Row]:
     return rows
 
 
-def measure_model(name: str, device: str, seconds: float, small: bool) -> tuple[list[Row], list[Row]]:
+def paired_rows(setup: Setup, variant: Variant, rounds: int, seconds: float) -> list[Row]:
+    """Bare loop and harness on one session with the same options, alternated `rounds` times (drift hits both),
+    best of each: Offline samples/s and SingleStream p90, with the harness's ratio and gap."""
+    backend, inputs = setup.backend(variant)
+    workers = variant.loadgen_concurrency
+    samples = count_for(backend, inputs, workers, seconds)
+    single = max(16, samples // workers // 2)
+    bare = ours = 0.0
+    bare_p90 = ours_p90 = float("inf")
+    for _ in range(rounds):
+        bare = max(bare, bare_offline(backend, inputs, samples, workers))
+        ours = max(ours, harness(backend, setup.spec, inputs, "Offline", samples, workers)["samples_per_second"])
+        bare_p90 = min(bare_p90, bare_latencies_ms(backend, inputs, single)[1])
+        ours_p90 = min(ours_p90, harness(backend, setup.spec, inputs, "SingleStream", single, 1)["p90_ms"])
+    name = f"{variant.label}; best of {rounds} alternated"
+    return [(setup.label, f"bare loop, {name}", "Offline samples/s", f"{bare:,.2f}", ""),
+            (setup.label, f"harness, {name}", "Offline samples/s", f"{ours:,.2f}", f"harness / bare {ours / bare:.3f}"),
+            (setup.label, f"bare loop / harness, {name}", "SingleStream p90 ms", f"{bare_p90:.3f} / {ours_p90:.3f}",
+             f"harness − bare {ours_p90 - bare_p90:+.3f} ms")]
+
+
+def measure_model(name: str, device: str, seconds: float, small: bool,
+                  paired: int = 0) -> tuple[list[Row], list[Row]]:
     setup = Setup(get_spec(name), device, small)
+    if paired:
+        return paired_rows(setup, NONE, paired, seconds) + paired_rows(setup, BEST, paired, seconds), []
     speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
     speed.append(sessions_row(setup, BEST, SESSIONS, seconds))
     for variant in VARIANTS:
@@ -221,13 +245,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["retinanet_coco", "ssd_resnet34"])
     parser.add_argument("--seconds", type=float, default=8.0, help="about how long each measurement runs")
     parser.add_argument("--small", action="store_true", help="the small stand-ins instead of the full-size ones")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="only the harness-vs-bare ratios at equal options (no option; best), alternated ROUNDS "
+                             "times")
     args = parser.parse_args()
     import onnxruntime
 
     speed: list[Row] = []
     agree: list[Row] = []
     for name in args.models:
-        s, a = measure_model(name, args.device, args.seconds, args.small)
+        s, a = measure_model(name, args.device, args.seconds, args.small, args.paired)
         speed, agree = speed + s, agree + a
         print(table(f"(so far) {name}", s), flush=True)
     where = f"{platform.node()}, onnxruntime {onnxruntime.__version__}, execution_device={args.device}"

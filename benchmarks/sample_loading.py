@@ -1,0 +1,195 @@
+"""Sample loading (LoadGen's untimed load step) from local storage and from an object store on loopback.
+
+    .venv/bin/python benchmarks/sample_loading.py [--images 80] [--repeats 3] [--resolutions 1200 800] [--uint8]
+                                                  [--no-cold] [--data DIR] [--tmp DIR]
+
+The first `--images` images of the real mini set (../shared/data/coco2017-val-mini) are ingested into a
+temporary local storage root and preprocessed there (float32, the default resize dtype; uint8 too with
+--uint8); the sample files are then copied byte for byte into a bucket of an S3 server on loopback (moto's
+`moto_server`, started as tests/s3_server.py starts it: authentication on, real s3fs and aiobotocore). The
+source images are not copied, so a sample that failed verification could not be recomputed there unnoticed;
+any warning from the loader stops the benchmark.
+
+Timed per sample, one after the other as `SampleLibrary.load_samples` does: `load_sample` (read + header and
+sha256 check + decode into an array) then `to_model_input` (/255, mean/std, NCHW), exactly the benchmark's
+`load` (odbench/benchmark.py `_bench`). Storage: the local root with the files in the page cache (just
+written), the same root with each file's pages dropped first (posix_fadvise DONTNEED after an fsync: what a
+read from the local disk costs; --no-cold leaves it out), and the S3 bucket. The storages take turns within
+each repeat; the best repeat (highest samples/s) of each is kept.
+
+Prints one table: samples/s, MB/s (sample-file bytes), ms per sample p50 and p90, the read alone (the storage's
+`read_bytes` inside `load_sample`) p50, and the ratio to the local (page cache) samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tests"))  # the loopback S3 server the tests use
+
+from s3_server import S3Server  # noqa: E402
+
+from odbench.dataset import DatasetManifest, FolderSource, ingest  # noqa: E402
+from odbench.models import get_spec  # noqa: E402
+from odbench.preprocess import load_sample, preprocess, preprocessed_files, to_model_input  # noqa: E402
+from odbench.storage import Storage  # noqa: E402
+
+MINI = ROOT.parent / "shared" / "data" / "coco2017-val-mini"
+MODEL_AT = {1200: "ssd_resnet34", 800: "retinanet_coco"}  # the model whose normalization each resolution gets
+BUCKET = "odbench-loading"
+
+
+class _FailOnWarning(logging.Handler):
+    """A loader warning means a sample was missing or corrupt and recomputed: not a load to time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        raise RuntimeError(f"the loader warned: {record.getMessage()}")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass over every sample of one storage: per-sample seconds, total and read alone."""
+
+    totals: tuple[float, ...]
+    reads: tuple[float, ...]
+    wall_s: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.totals) / self.wall_s
+
+
+class TimedReads:
+    """Wraps a storage's `read_bytes` to time each read (load_sample calls it once per sample)."""
+
+    def __init__(self, storage: Storage):
+        self.storage, self.inner, self.last = storage, storage.read_bytes, 0.0
+        storage.read_bytes = self  # type: ignore[method-assign]
+
+    def __call__(self, rel: str) -> bytes:
+        start = time.perf_counter()
+        data = self.inner(rel)
+        self.last = time.perf_counter() - start
+        return data
+
+
+def drop_page_cache(storage: Storage, rels: list[str]) -> None:
+    """Evict the files' pages from the page cache (only this benchmark's files; nothing else is touched)."""
+    for rel in rels:
+        fd = os.open(storage.path(rel), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def one_pass(storage: Storage, reads: TimedReads, manifest: DatasetManifest, resolution: int, dtype: str,
+             cold: bool) -> Pass:
+    spec = get_spec(MODEL_AT[resolution])
+    if cold:
+        drop_page_cache(storage, list(preprocessed_files(manifest, resolution, resize_dtype=dtype)))
+    totals, read_s = [], []
+    start = time.perf_counter()
+    for image in manifest.images:
+        t0 = time.perf_counter()
+        to_model_input(load_sample(storage, image, resolution, resize_dtype=dtype), spec)
+        totals.append(time.perf_counter() - t0)
+        read_s.append(reads.last)
+    return Pass(tuple(totals), tuple(read_s), time.perf_counter() - start)
+
+
+def environment(images: int) -> str:
+    import s3fs
+
+    return (f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {platform.node()}, {os.cpu_count()} CPUs "
+            f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+            f"opencv {cv2.__version__}, numpy {np.__version__}, s3fs {s3fs.__version__}, {images} images")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=MINI, help="a COCO-layout folder (default: the shared mini set)")
+    parser.add_argument("--images", type=int, default=80, help="the first N images of the annotation file")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[1200, 800], choices=sorted(MODEL_AT))
+    parser.add_argument("--uint8", action="store_true", help="measure uint8 samples too")
+    parser.add_argument("--no-cold", dest="cold", action="store_false", help="leave out the dropped-page-cache row")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over each storage; the best is kept")
+    parser.add_argument("--tmp", type=Path, default=None, help="where the temporary storage root goes")
+    args = parser.parse_args()
+    if not (args.data / "annotations" / "instances_val2017.json").exists():
+        parser.error(f"{args.data} is not a COCO-layout folder (annotations/instances_val2017.json): pass --data")
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("odbench.preprocess").addHandler(_FailOnWarning())
+    dtypes = ["float32", *(["uint8"] if args.uint8 else [])]
+    load_before = os.getloadavg()
+    print(environment(args.images))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="odbench-loading-", dir=args.tmp) as tmp:
+        server = S3Server(Path(tmp) / "moto.log").start()
+        try:
+            server.client().create_bucket(Bucket=BUCKET)
+            local = Storage(str(Path(tmp) / "storage"))
+            remote = Storage(f"s3://{BUCKET}/bench", options={"endpoint_url": server.endpoint},
+                             secret_options={"key": server.key, "secret": server.secret})
+            remote.check_access()
+            manifest = ingest(FolderSource(str(args.data)), args.images, local)
+            for res in args.resolutions:
+                for dtype in dtypes:
+                    preprocess(manifest, res, local, workers=os.cpu_count() or 1, resize_dtype=dtype)
+                    for rel in preprocessed_files(manifest, res, resize_dtype=dtype):  # byte for byte
+                        remote.write_bytes(rel, local.read_bytes(rel))
+            storages = [("local (page cache)", local, False), ("S3 on loopback", remote, False)]
+            if args.cold:
+                storages.insert(1, ("local (pages dropped)", local, True))
+            timed = {id(s): TimedReads(s) for s in (local, remote)}
+            for res in args.resolutions:
+                for dtype in dtypes:
+                    size = sum(local.fs.size(local.path(rel))
+                               for rel in preprocessed_files(manifest, res, resize_dtype=dtype))
+                    for _, storage, cold in storages:  # untimed warm-up: connections, first allocations
+                        load_sample(storage, manifest.images[0], res, resize_dtype=dtype)
+                    best: dict[str, Pass] = {}
+                    for _ in range(args.repeats):
+                        for name, storage, cold in storages:
+                            p = one_pass(storage, timed[id(storage)], manifest, res, dtype, cold)
+                            if name not in best or p.rate > best[name].rate:
+                                best[name] = p
+                    rows.append((res, dtype, size / manifest.size, best))
+        finally:
+            server.stop()
+    print_table(rows, manifest.size, load_before)
+
+
+def print_table(rows: list, images: int, load_before: tuple[float, ...]) -> None:
+    load_after = os.getloadavg()
+    print(f"\n### Sample loading: local vs object store ({images} samples per pass, one at a time, best of the "
+          f"repeats; load average 1/5/15 min before {'/'.join(f'{v:.2f}' for v in load_before)}, "
+          f"after {'/'.join(f'{v:.2f}' for v in load_after)})\n")
+    print("| res | dtype | MB per sample | storage | samples/s | MB/s | ms per sample p50 | p90 | read alone p50 ms | "
+          "samples/s vs local (page cache) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for res, dtype, size, best in rows:
+        base = best["local (page cache)"].rate
+        for name, p in best.items():
+            p50, p90 = np.percentile(p.totals, [50, 90]) * 1e3
+            print(f"| {res} | {dtype} | {size / 1e6:.2f} | {name} | {p.rate:.1f} | {p.rate * size / 1e6:.0f} | "
+                  f"{p50:.1f} | {p90:.1f} | {np.percentile(p.reads, 50) * 1e3:.1f} | {p.rate / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
