@@ -31,11 +31,12 @@ from odbench.harness import run_loadgen
 from odbench.input_prefix import device_input
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.loadgen_settings import LoadGenConfig
-from odbench.model_store import StoredModel, fetch_model
+from odbench.model_store import StoredModel, fetch_model, model_bytes
 from odbench.model_variants import at_precision, session_model
 from odbench.models import LabelSpace, ModelSpec
 from odbench.output_checks import BadModelOutputsError, OutputTally
 from odbench.params import BenchmarkParams
+from odbench.precision import AGREEMENT_LIMITS, Agreement, agreement
 from odbench.preprocess import load_sample, preprocess, to_model_input
 from odbench.progress import LogProgress
 from odbench.redact import redact_text
@@ -43,6 +44,7 @@ from odbench.storage import Storage
 from odbench.sut import DetectionSUT, SampleLibrary, Warmup, warm_up
 
 log = logging.getLogger(__name__)
+AGREEMENT_SAMPLES = 2  # samples an fp16 run compares with fp32 (two sessions more, briefly; seconds on a CPU)
 LOADGEN_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "user.conf")
 # where each LoadGen test's logs go when a run has several (MLPerf's submission layout); a run of one test keeps
 # them in its own folder
@@ -118,6 +120,7 @@ class BenchmarkResult:
     samples_on_device: bool = False  # samples were loaded into accelerator memory (IO binding)
     prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout
     energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
+    precision_agreement: dict[str, Any] | None = None  # fp16 against fp32 on the run's first samples (precision.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +201,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     spec = params.spec
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), time.perf_counter()
     bench = _bench(params, manifest, model, storage)
+    agreement = _precision_agreement(params, manifest, model, storage)
     log.info("LoadGen %s %s over %d samples on %s", params.loadgen_scenario, params.loadgen_mode, bench.count,
              bench.backend.providers)
     config = params.loadgen_config
@@ -240,6 +244,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         normalize_on_device=params.normalize_on_device, samples_on_device=params.samples_on_device,
         prefer_nhwc=params.prefer_nhwc,
         energy=timed.energy.to_json() if timed.energy else None,
+        precision_agreement=agreement.to_json() if agreement else None,
     )
 
 
@@ -260,6 +265,24 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
         return backend.place(model_input(load_sample(storage, images[i], spec.resolution, resize_dtype=dtype)))
 
     return _Bench(params, spec, backend, load, len(images), annotations)
+
+
+def _precision_agreement(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
+                         storage: Storage) -> Agreement | None:
+    """With model_precision=fp16: the fp16 model against the fp32 file on the run's first AGREEMENT_SAMPLES samples
+    (untimed, before any LoadGen test): pre-NMS relative error and the share of fp32 detections it reproduces."""
+    if params.model_precision == "fp32":
+        return None
+    spec, dtype = params.spec, params.preprocess_resize_dtype
+    inputs = [to_model_input(load_sample(storage, image, spec.resolution, resize_dtype=dtype), spec)
+              for image in manifest.images[:AGREEMENT_SAMPLES]]
+    files = [model_bytes(m, storage) for m in (model, at_precision(model, storage, params.model_precision))]
+    reference, test = (Path(f).read_bytes() if isinstance(f, str) else f for f in files)
+    found = agreement(reference, test, inputs, spec, params.execution_device)
+    log.info("fp16 against fp32 on %d sample(s): pre-NMS relative error %.2e (limit %g), %d of %d fp32 detections "
+             "reproduced", found.inputs, found.pre_nms_relative_error, AGREEMENT_LIMITS["fp16"],
+             found.detections_reproduced, found.detections_reference)
+    return found
 
 
 def _planned_passes(config: LoadGenConfig, compliance_test: str | None) -> list[LoadGenConfig]:

@@ -22,7 +22,6 @@ name in the graph, and the fp32 part is left exactly as it was.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -262,9 +261,9 @@ class Agreement:
         """Whether the pre-NMS error is inside AGREEMENT_LIMITS for this precision."""
         return self.pre_nms_relative_error <= AGREEMENT_LIMITS[precision]
 
-    def to_json(self) -> str:
-        """The fields as a JSON object, for run reports."""
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_json(self) -> dict[str, int | float]:
+        """The fields for result.json."""
+        return asdict(self)
 
 
 def relative_error(reference: np.ndarray, test: np.ndarray) -> float:

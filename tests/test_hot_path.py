@@ -96,3 +96,28 @@ def test_a_timed_run_without_an_nvidia_gpu_reports_no_energy(synthetic_dir, tmp_
 def test_bad_option_values_fail_before_any_work(synthetic_dir, override, message) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _params(synthetic_dir, **override)
+
+
+def test_an_fp16_run_converts_once_reports_agreement_and_never_trusts_a_damaged_conversion(
+        synthetic_dir, tmp_path, caplog) -> None:
+    """model_precision=fp16: the conversion is stored beside the model with a record of its md5, the result
+    carries fp16's agreement with fp32 on the run's first samples, a second run reuses the stored conversion,
+    and a conversion whose bytes were altered is converted again, not run."""
+    storage = Storage(str(tmp_path / "store"))
+    first = run_benchmark(_params(synthetic_dir, model_precision="fp16"), storage)
+    assert first.model_precision == "fp16" and first.mAP is not None
+    found = first.precision_agreement
+    assert found["inputs"] == 2 and found["pre_nms_relative_error"] <= 1e-2
+    assert found["detections_reference"] > 0 and found["share_reproduced"] >= 0.9
+    records = sorted(Path(storage.root).glob(f"models/retinanet_coco/{first.model_md5}/fp16-*.json"))
+    assert len(records) == 1
+    converted = next(Path(storage.root).glob("models/retinanet_coco/*/retinanet_coco-fp16.onnx"))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="odbench"):
+        run_benchmark(_params(synthetic_dir, model_precision="fp16"), storage)
+    assert "converted before" in caplog.text and "converting" not in caplog.text.replace("converted before", "")
+    converted.write_bytes(converted.read_bytes()[:-10] + b"0123456789")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="odbench"):
+        again = run_benchmark(_params(synthetic_dir, model_precision="fp16"), storage)
+    assert "converting again" in caplog.text and again.mAP == first.mAP

@@ -113,7 +113,7 @@ def test_small_standin_agrees_with_fp32(spec: ModelSpec) -> None:
     result = agreement(model, half, inputs, spec)
     assert 0 < result.pre_nms_relative_error <= AGREEMENT_LIMITS["fp16"] and result.within("fp16")
     assert result.detections_reference > 100 and result.share_reproduced >= MIN_SHARE_SMALL
-    assert Agreement(**json.loads(result.to_json())) == result
+    assert Agreement(**json.loads(json.dumps(result.to_json()))) == result
 
 
 def test_full_retinanet_fp16_agrees_with_fp32() -> None:
