@@ -18,7 +18,9 @@ read from the local disk costs; --no-cold leaves it out), and the S3 bucket. The
 each repeat; the best repeat (highest samples/s) of each is kept.
 
 Prints one table: samples/s, MB/s (sample-file bytes), ms per sample p50 and p90, the read alone (the storage's
-`read_bytes` inside `load_sample`) p50, and the ratio to the local (page cache) samples/s.
+`read_bytes` inside `load_sample`) p50, the ratio to the local (page cache) samples/s, and, from /proc, the cores
+the S3 server used and those the machine's other processes used during the pass (the server shares this
+machine's cores; a pass that saw other processes well above 0 measured them too).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -67,6 +70,8 @@ class Pass:
     totals: tuple[float, ...]
     reads: tuple[float, ...]
     wall_s: float
+    server_cores: float = 0.0  # the S3 server's CPU during the pass, in cores
+    others_cores: float = 0.0  # the rest of the machine's (neither this process nor the server), in cores
 
     @property
     def rate(self) -> float:
@@ -98,19 +103,43 @@ def drop_page_cache(storage: Storage, rels: list[str]) -> None:
             os.close(fd)
 
 
+def _busy_s() -> float:
+    """CPU seconds all processors spent busy since boot (user, nice, system, irq, softirq), from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+        return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _process_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process `pid` from /proc; 0 where unknown."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def one_pass(storage: Storage, reads: TimedReads, manifest: DatasetManifest, resolution: int, dtype: str,
-             cold: bool) -> Pass:
+             cold: bool, server_pid: int) -> Pass:
     spec = get_spec(MODEL_AT[resolution])
     if cold:
         drop_page_cache(storage, list(preprocessed_files(manifest, resolution, resize_dtype=dtype)))
     totals, read_s = [], []
+    cpu0, server0, busy0 = _process_s(), _process_s(server_pid), _busy_s()
     start = time.perf_counter()
     for image in manifest.images:
         t0 = time.perf_counter()
         to_model_input(load_sample(storage, image, resolution, resize_dtype=dtype), spec)
         totals.append(time.perf_counter() - t0)
         read_s.append(reads.last)
-    return Pass(tuple(totals), tuple(read_s), time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    cpu, server = _process_s() - cpu0, _process_s(server_pid) - server0
+    return Pass(tuple(totals), tuple(read_s), wall, server / wall, max(0.0, _busy_s() - busy0 - cpu - server) / wall)
 
 
 def environment(images: int) -> str:
@@ -166,7 +195,7 @@ def main() -> None:
                     best: dict[str, Pass] = {}
                     for _ in range(args.repeats):
                         for name, storage, cold in storages:
-                            p = one_pass(storage, timed[id(storage)], manifest, res, dtype, cold)
+                            p = one_pass(storage, timed[id(storage)], manifest, res, dtype, cold, server.process.pid)
                             if name not in best or p.rate > best[name].rate:
                                 best[name] = p
                     rows.append((res, dtype, size / manifest.size, best))
@@ -181,14 +210,15 @@ def print_table(rows: list, images: int, load_before: tuple[float, ...]) -> None
           f"repeats; load average 1/5/15 min before {'/'.join(f'{v:.2f}' for v in load_before)}, "
           f"after {'/'.join(f'{v:.2f}' for v in load_after)})\n")
     print("| res | dtype | MB per sample | storage | samples/s | MB/s | ms per sample p50 | p90 | read alone p50 ms | "
-          "samples/s vs local (page cache) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "samples/s vs local (page cache) | cores busy: S3 server | other processes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res, dtype, size, best in rows:
         base = best["local (page cache)"].rate
         for name, p in best.items():
             p50, p90 = np.percentile(p.totals, [50, 90]) * 1e3
             print(f"| {res} | {dtype} | {size / 1e6:.2f} | {name} | {p.rate:.1f} | {p.rate * size / 1e6:.0f} | "
-                  f"{p50:.1f} | {p90:.1f} | {np.percentile(p.reads, 50) * 1e3:.1f} | {p.rate / base:.2f}× |")
+                  f"{p50:.1f} | {p90:.1f} | {np.percentile(p.reads, 50) * 1e3:.1f} | {p.rate / base:.2f}× | "
+                  f"{p.server_cores:.2f} | {p.others_cores:.2f} |")
 
 
 if __name__ == "__main__":

@@ -145,14 +145,21 @@ def _sample_dtype(array: np.ndarray) -> ResizeDtype:
     return array.dtype.name  # type: ignore[return-value]
 
 
-def encode_sample(array: np.ndarray, jpeg_md5: str, resolution: int) -> bytes:
-    """A sample file's bytes: the JSON header line, then the pixels (uint8, or little-endian float32)."""
+def sample_parts(array: np.ndarray, jpeg_md5: str, resolution: int) -> tuple[bytes, memoryview]:
+    """A sample file as its JSON header line and a view of the pixels (uint8, or little-endian float32), written
+    one after the other: no copy of the pixels is made (each is one that holds the GIL, docs/performance.md)."""
     resize_dtype = _sample_dtype(array)
-    pixels = np.ascontiguousarray(array, _STORED_DTYPE[resize_dtype]).tobytes()
+    pixels = memoryview(np.ascontiguousarray(array, _STORED_DTYPE[resize_dtype])).cast("B")
     header = {"format": SAMPLE_FORMAT, "version": PREPROCESS_VERSION, "jpeg_md5": jpeg_md5,
               "resolution": resolution, "shape": list(array.shape), "dtype": resize_dtype,
               "sha256": hashlib.sha256(pixels).hexdigest()}
-    return json.dumps(header, sort_keys=True).encode() + b"\n" + pixels
+    return json.dumps(header, sort_keys=True).encode() + b"\n", pixels
+
+
+def encode_sample(array: np.ndarray, jpeg_md5: str, resolution: int) -> bytes:
+    """A sample file's bytes (sample_parts joined)."""
+    header, pixels = sample_parts(array, jpeg_md5, resolution)
+    return header + pixels.tobytes()
 
 
 def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
@@ -182,18 +189,28 @@ def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
     return np.frombuffer(data, stored, count=resolution * resolution * 3, offset=end + 1).reshape(shape)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None, *,
                resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
     """Store every image of the manifest at `resolution` in `resize_dtype`, skipping those already stored
     (each stored sample is verified when loaded: `load_sample`), on `workers` threads (None: one per CPU; decoding
     and resizing release the GIL). Stale temporaries of an interrupted run of either dtype at this resolution
-    (one folder holds both) go first."""
-    workers = workers or os.cpu_count() or 1
+    (one folder holds both) go first. OpenCV's own threads are off meanwhile: the workers are the parallelism."""
+    workers = workers or usable_cpus()
     storage.remove_stale_temporaries(preprocessed_dir(resolution, resize_dtype="uint8"))
     todo = [im for im in manifest.images
             if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # else every worker's resize starts one thread per core
     try:
         samples = pool.map(lambda im: compute_sample(storage, im, resolution, resize_dtype=resize_dtype), todo)
         for done, _ in enumerate(samples, 1):
@@ -202,6 +219,8 @@ def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, wor
     except BaseException:  # Ctrl-C or a bad image: drop the queued images instead of decoding them all first
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        cv2.setNumThreads(cv2_threads)
     pool.shutdown(wait=True)
     return PreprocessedSet(manifest.digest, resolution, manifest.size, len(todo), resize_dtype)
 
@@ -217,7 +236,7 @@ def compute_sample(storage: Storage, image: DatasetImage, resolution: int, *,
                                  "altered, so it was removed; run again to fetch it anew")
     array = decode_resize(data, resolution, (image.width, image.height), name, resize_dtype=resize_dtype)
     storage.write_bytes(preprocessed_path(resolution, image.md5, resize_dtype=resize_dtype),
-                        encode_sample(array, image.md5, resolution))
+                        *sample_parts(array, image.md5, resolution))
     return array
 
 

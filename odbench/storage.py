@@ -290,13 +290,15 @@ class Storage:
             handle.flush()
             self.fs.put_file(handle.name, final)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """`data` under `rel`, atomically: on an object store a single PUT from memory."""
+    def write_bytes(self, rel: str, data: bytes | memoryview, *more: bytes | memoryview) -> None:
+        """`data` (then `more`, without joining them on a local root) under `rel`, atomically: on an object store a
+        single PUT from memory."""
         if self.is_object_store:
-            self.fs.pipe_file(self.path(rel), data)
+            self.fs.pipe_file(self.path(rel), b"".join((data, *more)) if more else bytes(data))
             return
         with self.atomic_writer(rel) as handle:
-            handle.write(data)
+            for part in (data, *more):
+                handle.write(part)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
