@@ -2,7 +2,7 @@
 
     python benchmarks/cuda_settings.py --models retinanet_coco ssd_resnet34 --seconds 4
 
-onnxruntime's profiler cannot split asynchronous GPU work per operator (docs/performance.md, section 3), so
+onnxruntime's profiler cannot split asynchronous GPU work per operator (docs/performance.md, section 9), so
 this times whole graphs with a bare loop instead: the model's convolutional trunk alone (every Conv and what
 feeds it, cut where the last convolutions end; onnx.utils.Extractor), the whole model, the whole model at
 fp16, the whole model under CUDA provider options (cuDNN algorithm search, TF32, NHWC layout, workspace), and
@@ -27,7 +27,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odbench.models import get_spec  # noqa: E402
-from odbench.precision import to_fp16  # noqa: E402
+from odbench.precision import head_outputs, to_fp16  # noqa: E402
 from odbench.standin_full import build_full_standin, probe_input  # noqa: E402
 
 WARMUP = 10
@@ -42,23 +42,13 @@ SETTINGS: dict[str, dict[str, str]] = {  # CUDAExecutionProvider options; {} is 
 CUDA_GRAPH = {"enable_cuda_graph": "1"}
 
 
-def trunk(model: onnx.ModelProto) -> bytes:
-    """The sub-model of every Conv and its ancestors, ending at the convolutions nothing convolutional reads."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    keep: set[int] = set()
-    stack = [node for node in model.graph.node if node.op_type == "Conv"]
-    while stack:
-        node = stack.pop()
-        if id(node) in keep:
-            continue
-        keep.add(id(node))
-        stack += [producer[name] for name in node.input if name in producer]
-    read_by_trunk = {name for node in model.graph.node if id(node) in keep for name in node.input}
-    ends = [node.output[0] for node in model.graph.node
-            if node.op_type == "Conv" and node.output[0] not in read_by_trunk]
-    inputs = [i.name for i in model.graph.input]
-    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))  # it needs every tensor's type
-    return extractor.extract_model(inputs, ends).SerializeToString()
+def trunk(model: bytes) -> bytes:
+    """The sub-model of every convolution and what feeds it, ending at the tensors it hands to post-processing
+    (odbench/precision.py `head_outputs`, the same cut fp16 conversion makes)."""
+    proto = onnx.load_model_from_string(model)
+    inputs = [i.name for i in proto.graph.input]
+    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(proto))  # it needs every tensor's type
+    return extractor.extract_model(inputs, head_outputs(model)).SerializeToString()
 
 
 def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float,
@@ -91,7 +81,7 @@ def rows(name: str, seconds: float, tensorrt: bool = False) -> Iterator[tuple[st
     spec = get_spec(name)
     fp32 = build_full_standin(spec)
     x = probe_input(spec)
-    core = trunk(onnx.load_model_from_string(fp32))
+    core = trunk(fp32)
     yield name, "trunk only (convolutions), default", ms_per_inference(core, {}, x, seconds)
     yield name, "trunk only, fp16", ms_per_inference(to_fp16(core), {}, x, seconds)
     yield name, "whole model, fp16", ms_per_inference(to_fp16(fp32), {}, x, seconds)

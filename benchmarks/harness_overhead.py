@@ -13,6 +13,7 @@ least 0.98× the bare loop's samples/s, SingleStream p90 within 0.2 ms of the ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -79,13 +80,8 @@ def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list, scenario: str, 
     config = LoadGenConfig(scenario=scenario, mode="PerformanceOnly", count_override=samples, profile="quick",
                            buffer_size=len(inputs), **target)
     with tempfile.TemporaryDirectory() as tmp:
-        if meter:
-            meter.start()
-        try:
+        with meter or contextlib.nullcontext():
             run_loadgen(sut, config, spec.loadgen_model, Path(tmp))
-        finally:
-            if meter:
-                meter.stop()
         summary = summarize(Path(tmp) / "mlperf_log_detail.txt", scenario, "PerformanceOnly")
     energy = meter.energy(sut.first_issued_at, sut.last_answered_at, sut.completed) if meter else None
     if scenario == "Offline":

@@ -91,7 +91,8 @@ def _share(manifest: DatasetManifest, root: str, config: Config) -> tuple[int, f
     """In a pool process: one worker preprocesses `manifest`; (images written, CPU seconds this took)."""
     cv2.setNumThreads(config.cv2_threads or CV2_DEFAULT_THREADS)
     cpu0 = _cpu_s()
-    done = preprocess(manifest, config.resolution, Storage(root), workers=1, resize_dtype=config.resize_dtype)
+    done = preprocess(manifest, config.resolution, Storage(root), workers=1, resize_dtype=config.resize_dtype,
+                      opencv=config.cv2_threads or CV2_DEFAULT_THREADS)
     return done.created, _cpu_s() - cpu0
 
 
@@ -108,7 +109,7 @@ def run_once(manifest: DatasetManifest, storage: Storage, config: Config, pool: 
         created, child_cpu = sum(n for n, _ in results), sum(c for _, c in results)
     else:
         done = preprocess(manifest, config.resolution, storage, workers=config.workers,
-                          resize_dtype=config.resize_dtype)
+                          resize_dtype=config.resize_dtype, opencv=config.cv2_threads or CV2_DEFAULT_THREADS)
         created, child_cpu = done.created, 0.0
     wall, cpu, (busy1, steal1) = time.perf_counter() - start, _cpu_s() - cpu0 + child_cpu, _busy_jiffies()
     if created != manifest.size:

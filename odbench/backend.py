@@ -43,6 +43,10 @@ class Backend(Protocol):
 
     providers: list[str]
 
+    def place(self, x: np.ndarray) -> Any:
+        """A model input where `infer` reads it (the array itself, or a copy in accelerator memory)."""
+        ...
+
     def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Model outputs as (boxes [K,4], scores [K], labels [K]) in the model's own convention; `x` is a
         model input as `place` returned it."""
@@ -101,7 +105,8 @@ class OnnxBackend:
         # outputs are asked for by name: a graph that lists them in another order answers the same
         self._outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
         # where `place` keeps model inputs: the device of the first provider that runs (CPU memory on CPU)
-        self.input_device = "cuda" if samples_on_device and self.providers[0] != "CPUExecutionProvider" else "cpu"
+        self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
         self.samples_on_device = samples_on_device
 
     def _check_provider(self, execution_device: str, wanted: list[str]) -> None:

@@ -117,10 +117,11 @@ class BenchmarkResult:
     preprocess_resize_dtype: str = "uint8"  # the stored samples' resize (preprocess.py); results before it: uint8
     model_precision: str = "fp32"  # fp16: the stored fp16 conversion ran (model_variants.py)
     normalize_on_device: bool = False  # the model normalized the stored samples (input_prefix.py)
-    samples_on_device: bool = False  # samples were loaded into accelerator memory (IO binding)
-    prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout
+    samples_on_device: bool = False  # samples were in accelerator memory (IO binding); False on the CPU provider
+    prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout; False on the CPU provider
     energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
     precision_agreement: dict[str, Any] | None = None  # fp16 against fp32 on the run's first samples (precision.py)
+    converted_model_md5: str | None = None  # md5 of the fp16 conversion that ran (model_md5 is the fetched file's)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +175,7 @@ class _Bench:
 
     params: BenchmarkParams
     spec: ModelSpec
+    model: StoredModel  # the file the session runs: the fetched model, or its fp16 conversion
     backend: OnnxBackend
     load: Callable[[int], Any]
     count: int
@@ -201,7 +203,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
     spec = params.spec
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), time.perf_counter()
     bench = _bench(params, manifest, model, storage)
-    agreement = _precision_agreement(params, manifest, model, storage)
+    agreement = _precision_agreement(params, manifest, model, bench.model, storage)
     log.info("LoadGen %s %s over %d samples on %s", params.loadgen_scenario, params.loadgen_mode, bench.count,
              bench.backend.providers)
     config = params.loadgen_config
@@ -241,10 +243,11 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         loadgen=timed.summary.to_json(), calibration=calibration.to_json() if calibration else None,
         compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
         preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
-        normalize_on_device=params.normalize_on_device, samples_on_device=params.samples_on_device,
-        prefer_nhwc=params.prefer_nhwc,
+        normalize_on_device=params.normalize_on_device, samples_on_device=bench.backend.input_device != "cpu",
+        prefer_nhwc=params.prefer_nhwc and bench.backend.on_gpu,
         energy=timed.energy.to_json() if timed.energy else None,
         precision_agreement=agreement.to_json() if agreement else None,
+        converted_model_md5=bench.model.md5 if bench.model.md5 != model.md5 else None,
     )
 
 
@@ -264,25 +267,36 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     def load(i: int):  # LoadGen's untimed load step: each sample verified, recomputed when missing or corrupt
         return backend.place(model_input(load_sample(storage, images[i], spec.resolution, resize_dtype=dtype)))
 
-    return _Bench(params, spec, backend, load, len(images), annotations)
+    return _Bench(params, spec, model, backend, load, len(images), annotations)
 
 
 def _precision_agreement(params: BenchmarkParams, manifest: DatasetManifest, model: StoredModel,
-                         storage: Storage) -> Agreement | None:
-    """With model_precision=fp16: the fp16 model against the fp32 file on the run's first AGREEMENT_SAMPLES samples
-    (untimed, before any LoadGen test): pre-NMS relative error and the share of fp32 detections it reproduces."""
-    if params.model_precision == "fp32":
+                         converted: StoredModel, storage: Storage) -> Agreement | None:
+    """With model_precision=fp16: the converted model against the fp32 file on the run's first AGREEMENT_SAMPLES
+    samples (untimed, before any LoadGen test): pre-NMS relative error and the share of fp32 detections it
+    reproduces. A diagnostic: when it cannot be measured the run goes on without it (logged)."""
+    if converted.md5 == model.md5:
         return None
     spec, dtype = params.spec, params.preprocess_resize_dtype
-    inputs = [to_model_input(load_sample(storage, image, spec.resolution, resize_dtype=dtype), spec)
-              for image in manifest.images[:AGREEMENT_SAMPLES]]
-    files = [model_bytes(m, storage) for m in (model, at_precision(model, storage, params.model_precision))]
-    reference, test = (Path(f).read_bytes() if isinstance(f, str) else f for f in files)
-    found = agreement(reference, test, inputs, spec, params.execution_device)
-    log.info("fp16 against fp32 on %d sample(s): pre-NMS relative error %.2e (limit %g), %d of %d fp32 detections "
-             "reproduced", found.inputs, found.pre_nms_relative_error, AGREEMENT_LIMITS["fp16"],
-             found.detections_reproduced, found.detections_reference)
+    try:
+        inputs = [to_model_input(load_sample(storage, image, spec.resolution, resize_dtype=dtype), spec)
+                  for image in manifest.images[:AGREEMENT_SAMPLES]]
+        reference, test = (_file_bytes(m, storage) for m in (model, converted))
+        found = agreement(reference, test, inputs, spec, params.execution_device)
+    except (ValueError, RuntimeError) as err:  # e.g. a graph whose head outputs cannot be found
+        log.warning("fp16 agreement with fp32 not measured: %s", err)
+        return None
+    within = "within" if found.within(params.model_precision) else "OUTSIDE"
+    log.info("fp16 against fp32 on %d sample(s): pre-NMS relative error %.2e (%s the limit %g), %d of %d fp32 "
+             "detections reproduced", found.inputs, found.pre_nms_relative_error, within,
+             AGREEMENT_LIMITS[params.model_precision], found.detections_reproduced, found.detections_reference)
     return found
+
+
+def _file_bytes(model: StoredModel, storage: Storage) -> bytes:
+    """A stored model's verified bytes (model_bytes gives a local path where it can)."""
+    source = model_bytes(model, storage)
+    return Path(source).read_bytes() if isinstance(source, str) else source
 
 
 def _planned_passes(config: LoadGenConfig, compliance_test: str | None) -> list[LoadGenConfig]:
@@ -298,14 +312,9 @@ def _run_pass(bench: _Bench, config: LoadGenConfig, log_dir: Path, folder: str,
     """One LoadGen test with its logs in log_dir/folder, summarized (and scored in AccuracyOnly)."""
     pass_dir = log_dir / folder
     sut = bench.sut()
-    meter = EnergyMeter() if config.mode != "AccuracyOnly" else None
-    if meter:
-        meter.start()
-    try:
+    meter = EnergyMeter() if config.mode != "AccuracyOnly" and bench.backend.on_gpu else None
+    with meter or contextlib.nullcontext():
         run_loadgen(sut, config, bench.spec.loadgen_model, pass_dir, audit_config)
-    finally:
-        if meter:
-            meter.stop()
     summary = summarize(pass_dir / "mlperf_log_detail.txt", config.scenario, config.mode)
     accuracy = (_accuracy(pass_dir, bench.annotations, bench.count, bench.spec)
                 if config.mode == "AccuracyOnly" and audit_config is None else None)

@@ -36,10 +36,18 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _RECORD_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.jsonl")  # not hidden (a write in progress), no globs
 
 
+# parameters added after histories existed: at these values (what every earlier run did) they are left out of the
+# entry key, so the runs recorded before them stay in the same entry and keep their baseline
+ADDED_LATER = {"model_precision": "fp32", "normalize_on_device": False, "samples_on_device": False,
+               "prefer_nhwc": False}
+
+
 def entry_key(parameters: Mapping[str, Any]) -> str:
-    """A digest of the parameters that define what is measured; unset (None) ones and NOT_MEASURED are left out."""
+    """A digest of the parameters that define what is measured; unset (None) ones, NOT_MEASURED and ADDED_LATER
+    ones at their old behaviour are left out."""
     kept = {name: _canonical(value) for name, value in parameters.items()
-            if name not in NOT_MEASURED and value is not None}
+            if name not in NOT_MEASURED and value is not None
+            and not (name in ADDED_LATER and value == ADDED_LATER[name])}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:ENTRY_KEY_CHARS]
 

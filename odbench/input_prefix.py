@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from odbench.models import ModelSpec
+from odbench.onnx_graph import rename_reads
 
 PREFIX = "odbench_normalize"  # names of the prefix's nodes and tensors start with this
 _ONNX_DTYPES = {"uint8": onnx.TensorProto.UINT8, "float32": onnx.TensorProto.FLOAT}
@@ -31,8 +32,7 @@ def with_normalization(model: bytes | str, spec: ModelSpec, sample_dtype: str) -
     graph = proto.graph
     name = spec.input.name
     inner = f"{PREFIX}/model_input"
-    for node in graph.node:  # the original graph now reads the prefix's output
-        node.input[:] = [inner if i == name else i for i in node.input]
+    rename_reads(graph, name, inner)  # the original graph (its subgraphs too) now reads the prefix's output
     original = next(i for i in graph.input if i.name == name)
     graph.input.remove(original)
     side = spec.resolution

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
-def _converter_digest() -> str:
+def converter_digest() -> str:
     """The fp16 converter's own source: a changed converter makes a new model."""
     from odbench import precision
 
@@ -34,7 +34,7 @@ def _converter_digest() -> str:
 
 
 def _record_rel(model: StoredModel) -> str:
-    return f"models/{model.model_name}/{model.md5}/fp16-{_converter_digest()}.json"
+    return f"models/{model.model_name}/{model.md5}/fp16-{converter_digest()}.json"
 
 
 def _fp16_model(model: StoredModel, md5: str) -> StoredModel:

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from odbench.backend import requested_providers  # imported first: it sets onnxruntime's telemetry off
 from odbench.models import ModelSpec
+from odbench.onnx_graph import node_reads, outer_reads, rename_reads, subgraphs
 
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -164,9 +165,13 @@ def _rewire(graph: onnx.GraphProto, plan: dict[int, tuple[set[int], set[int]]], 
         for j, name in enumerate(node.input):
             if name and types.get(name) == FLOAT:
                 node.input[j] = rw.view(name, HALF if j in half_inputs else FLOAT)
+        for sub in subgraphs(node):  # a node with subgraphs runs in fp32 (_half_positions): so do their reads
+            for name in outer_reads(sub):
+                if types.get(name) == FLOAT and (view := rw.view(name, FLOAT)) != name:
+                    rename_reads(sub, name, view)
     _place_casts(graph, rw.casts)
     inputs = {i.name for i in graph.input}
-    used = {n for node in graph.node for n in node.input} | inputs
+    used = {n for node in graph.node for n in node_reads(node)} | inputs
     kept = [t for t in graph.initializer if t.name in used]  # weights now read only as fp16 copies are dropped
     del graph.initializer[:]
     graph.initializer.extend(kept)

@@ -28,13 +28,15 @@ Before any decoder sees an image, its header gives the pixel size (`odbench.imag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, get_args
+from typing import Callable, Iterator, Literal, get_args
 
 import cv2
 import numpy as np
@@ -190,37 +192,60 @@ def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (a container's share, not the host's count)."""
+    """The CPUs this process may run on (its affinity: a cpuset's CPUs, not the host's count; a CPU quota such as
+    docker --cpus is not seen)."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
 
+_opencv_lock = threading.Lock()
+_opencv_users = [0, 0]  # preprocess() calls running now, and OpenCV's thread count before the first of them
+
+
+@contextlib.contextmanager
+def opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's own thread count while any caller is inside; the count from before the first is restored after
+    the last (calls may overlap, e.g. two flow runs in one worker process)."""
+    with _opencv_lock:
+        if _opencv_users[0] == 0:
+            _opencv_users[1] = cv2.getNumThreads()
+        _opencv_users[0] += 1
+        cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        with _opencv_lock:
+            _opencv_users[0] -= 1
+            if _opencv_users[0] == 0:
+                cv2.setNumThreads(_opencv_users[1])
+
+
 def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None, *,
-               resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> PreprocessedSet:
+               resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE, opencv: int = 1) -> PreprocessedSet:
     """Store every image of the manifest at `resolution` in `resize_dtype`, skipping those already stored
     (each stored sample is verified when loaded: `load_sample`), on `workers` threads (None: one per CPU; decoding
     and resizing release the GIL). Stale temporaries of an interrupted run of either dtype at this resolution
-    (one folder holds both) go first. OpenCV's own threads are off meanwhile: the workers are the parallelism."""
+    (one folder holds both) go first. OpenCV runs `opencv` threads of its own meanwhile (1: the workers are the
+    parallelism; else each worker's resize would start one thread per core)."""
     workers = workers or usable_cpus()
     storage.remove_stale_temporaries(preprocessed_dir(resolution, resize_dtype="uint8"))
     todo = [im for im in manifest.images
             if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]
+    def store(image: DatasetImage) -> None:  # None: finished samples are not held until the map reaches them
+        compute_sample(storage, image, resolution, resize_dtype=resize_dtype)
+
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # else every worker's resize starts one thread per core
     try:
-        samples = pool.map(lambda im: compute_sample(storage, im, resolution, resize_dtype=resize_dtype), todo)
-        for done, _ in enumerate(samples, 1):
-            if progress:
-                progress(done, len(todo))
+        with opencv_threads(opencv):
+            for done, _ in enumerate(pool.map(store, todo), 1):
+                if progress:
+                    progress(done, len(todo))
     except BaseException:  # Ctrl-C or a bad image: drop the queued images instead of decoding them all first
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    finally:
-        cv2.setNumThreads(cv2_threads)
     pool.shutdown(wait=True)
     return PreprocessedSet(manifest.digest, resolution, manifest.size, len(todo), resize_dtype)
 

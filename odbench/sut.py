@@ -48,7 +48,8 @@ LOAD_WORKERS = 8  # threads loading samples at once in LoadGen's (untimed) load 
 
 
 class SampleLibrary:
-    """LoadGen's QSL: loads samples (already normalized) into RAM on LoadGen's request.
+    """LoadGen's QSL: loads samples on LoadGen's request, as `load` gives them (model inputs in RAM, or placed in
+    accelerator memory: OnnxBackend.place).
 
     A failed load is recorded, never raised: an exception escaping into LoadGen's C++ thread kills
     the process. The SUT then fails that sample, and the run reports the first error. Once stopping,

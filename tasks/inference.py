@@ -27,6 +27,7 @@ from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
 from odbench.machine import accelerator
 from odbench.model_store import StoredModel
+from odbench.model_variants import converter_digest
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
 from odbench.redact import redact_text, redact_url
@@ -43,7 +44,8 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
                      p["manifest"].digest, PREPROCESS_VERSION, params.preprocess_resize_dtype, ENCODING_VERSION,
                      repr(params.loadgen_config), params.cpu_threads, params.loadgen_concurrency,
                      params.tolerate_bad_outputs, params.model_precision, params.normalize_on_device,
-                     params.samples_on_device, params.prefer_nhwc, _engine(params.execution_device))
+                     params.samples_on_device, params.prefer_nhwc,
+                     converter_digest() if params.model_precision != "fp32" else None, _engine(params.execution_device))
 
 
 def _engine(execution_device: str) -> tuple:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -63,6 +65,21 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_db_template(tmp_path_factory) -> Path:
+    """An empty Prefect database, migrated once (`prefect server database upgrade`). Migrating takes
+    most of a first server start; live_prefect's `new_prefect_home` gives each fresh PREFECT_HOME a copy instead."""
+    home = tmp_path_factory.mktemp("prefect-db-template")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_PROFILES_PATH": str(home / "profiles.toml")}
+    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    prefect = Path(sys.executable).parent / "prefect"
+    subprocess.run([str(prefect), "server", "database", "upgrade", "-y"], env=env, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=300)
+    assert (home / "prefect.db").is_file()
+    return home / "prefect.db"
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -8,6 +8,7 @@ first, and any flow-run subprocess that left its group.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,14 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def new_prefect_home(home: Path, db_template: Path) -> Path:
+    """A new PREFECT_HOME whose database is a fresh copy of a migrated empty one (no rows of any run):
+    what a first server creates, without the minute of migrations."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(db_template, home / "prefect.db")
+    return home
+
+
 def tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -62,13 +71,16 @@ def tail(path: Path, chars: int = 4000) -> str:
 class LiveStack:
     """The server, background processes and CLI commands of one test session."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, db_template: Path | None = None) -> None:
+        """`db_template`: a migrated empty Prefect database (conftest's `prefect_db_template`) to start from."""
         self.tmp = tmp
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.ui_url = f"http://127.0.0.1:{self.port}"
         self.home, self.storage_root = tmp / "prefect-home", tmp / "storage"
         self.home.mkdir(parents=True)
+        if db_template is not None:
+            new_prefect_home(self.home, db_template)
         self.storage_root.mkdir()
         self.env = self._environment()
         self.background: list[tuple[str, subprocess.Popen, IO[bytes]]] = []
@@ -107,7 +119,15 @@ class LiveStack:
         return proc
 
     def start_server(self) -> None:
-        server = self.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
+        self.launch_server()
+        self.wait_for_server()
+
+    def launch_server(self) -> None:
+        """`prefect server start` in the background; `wait_for_server()` waits until it answers."""
+        self.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port))
+
+    def wait_for_server(self) -> None:
+        server = next(proc for name, proc, _ in self.background if name == "server")
         deadline = time.monotonic() + SERVER_TIMEOUT_S
         while time.monotonic() < deadline:
             if server.poll() is not None:

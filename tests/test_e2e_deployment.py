@@ -25,11 +25,11 @@ REPLAY_N = 20
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, prefect_db_template):
     """Server, pool and both deployments, as a user sets them up; the API client points at it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    live = LiveStack(tmp_path_factory.mktemp("e2e"))
+    live = LiveStack(tmp_path_factory.mktemp("e2e"), prefect_db_template)
     try:
         live.start_server()
         with temporary_settings(updates={PREFECT_API_URL: live.api_url, PREFECT_UI_URL: live.ui_url}):

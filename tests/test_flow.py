@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from live_prefect import new_prefect_home
 
 from tasks.report import slug
 
@@ -74,8 +75,11 @@ def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_
         np.testing.assert_allclose(logged[idx], expected, atol=1e-4)
 
 
-def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
+def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir, prefect_db_template):
+    """`--json` prints a result whose mAP an independent scoring of the accuracy log repeats, the log rows
+    are the model's own outputs, and the same command again is served from the cache."""
+    home = new_prefect_home(tmp_path / "prefect", prefect_db_template)
+    env = {**os.environ, "PREFECT_HOME": str(home), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
     args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", "standin",
             "--dataset_url", str(coco_dir), "--json"]
     first = _cli(args, env)

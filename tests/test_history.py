@@ -271,3 +271,13 @@ def test_environment_records_the_machine_and_its_hardware_class():
 def test_records_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         _record(1).run_id = "other"  # type: ignore[misc]
+
+
+def test_parameters_added_later_keep_old_entries_at_their_old_behaviour() -> None:
+    """Runs recorded before model_precision & co. existed stay in their entry when those are at their defaults;
+    a run that uses one of them is another entry."""
+    defaults = {"model_precision": "fp32", "normalize_on_device": False, "samples_on_device": False,
+                "prefer_nhwc": False}
+    assert entry_key({**PARAMS, **defaults}) == entry_key(PARAMS)
+    assert entry_key({**PARAMS, **defaults, "model_precision": "fp16"}) != entry_key(PARAMS)
+    assert entry_key({**PARAMS, "samples_on_device": True}) != entry_key(PARAMS)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_prefect import ROOT, _descendants
+from tests.live_prefect import ROOT, _descendants, new_prefect_home
 
 GONE_WITHIN_S = 10  # the issue's bound for every process the command started
 REACH_STEP_S = 60  # a command reaches the watched step within this (its temporary server's start included)
@@ -151,10 +151,10 @@ class Command:
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory) -> Path:
-    """One PREFECT_HOME for the module: the first temporary server creates its database (a minute's
-    migrations on a small machine), the later ones start in seconds."""
-    return tmp_path_factory.mktemp("prefect-home")
+def prefect_home(tmp_path_factory, prefect_db_template) -> Path:
+    """One PREFECT_HOME for the module, its database migrated already (a minute's migrations on a small
+    machine): every temporary server starts in seconds."""
+    return new_prefect_home(tmp_path_factory.mktemp("prefect-home"), prefect_db_template)
 
 
 @pytest.fixture

@@ -53,15 +53,21 @@ def _objects(s3: S3Server) -> dict[str, bytes]:
         token = {"ContinuationToken": page["NextContinuationToken"]}
 
 
-def _machine(tmp: Path, s3: S3Server, block: str, key: str, secret: str) -> LiveStack:
-    """A fresh Prefect server and database, with HOME, TMPDIR and the default storage folder of its own,
-    and the storage block saved there by its administrator."""
-    stack = LiveStack(tmp)
+def _machine(tmp: Path, db_template: Path, key: str, secret: str) -> LiveStack:
+    """A fresh Prefect server (launched, not yet waited for) and database, with HOME, TMPDIR and the
+    default storage folder of its own."""
+    stack = LiveStack(tmp, db_template)
     for folder in ("home", "tmp"):
         (tmp / folder).mkdir()
     stack.env.update(HOME=str(tmp / "home"), TMPDIR=str(tmp / "tmp"), TEST_S3_KEY=key, TEST_S3_SECRET=secret)
     stack.env.pop("XDG_CACHE_HOME", None)
-    stack.start_server()
+    stack.launch_server()
+    return stack
+
+
+def _ready(stack: LiveStack, s3: S3Server, block: str) -> LiveStack:
+    """The machine's server answering, and the storage block saved there by its administrator."""
+    stack.wait_for_server()
     stack.python("-c", SAVE_BLOCK, block, ROOT_URL, s3.endpoint)
     return stack
 
@@ -119,9 +125,16 @@ def _assert_secret_nowhere(stack: LiveStack, s3: S3Server, outputs: str) -> None
     assert result_docs[0]["data"]["secret_settings"] == {"key": "********", "secret": "********"}
 
 
-def test_a_second_machine_with_the_same_block_reuses_what_the_bucket_holds(tmp_path, synthetic_dir, s3):
-    first = _machine(tmp_path / "machine-a", s3, "shared", s3.key, s3.secret)
+def test_a_second_machine_with_the_same_block_reuses_what_the_bucket_holds(tmp_path, synthetic_dir, s3,
+                                                                          prefect_db_template, request):
+    """Machine A fills the bucket; machine B, with the same block, reuses all of it and writes nothing;
+    wrong credentials fail fast; the secret is nowhere in clear. B's server starts while A works (its
+    block is saved, and its flow runs, only after A has stopped)."""
+    first = _machine(tmp_path / "machine-a", prefect_db_template, s3.key, s3.secret)
+    second = _machine(tmp_path / "machine-b", prefect_db_template, s3.key, s3.secret)
+    request.addfinalizer(second.stop)  # whatever fails before its own `finally`
     try:
+        _ready(first, s3, "shared")
         saved = _block_versions(first)
         assert len(saved) == 2  # the storage block and, saved with it, its result-storage block
         done = _detect(first, synthetic_dir, "shared")
@@ -148,8 +161,8 @@ def test_a_second_machine_with_the_same_block_reuses_what_the_bucket_holds(tmp_p
     assert len(records) == 4 and all(r["metadata"]["serializer"] == {"type": "odbench-data"} for r in records)
     assert not _files_under(first.storage_root) and not _files_under(tmp_path / "machine-a" / "home")
 
-    second = _machine(tmp_path / "machine-b", s3, "shared", s3.key, s3.secret)
     try:
+        _ready(second, s3, "shared")
         done = _detect(second, synthetic_dir, "shared")
         result_b = json.loads(done.stdout.strip().splitlines()[-1])
         assert all(result_b["task_states"][t] == "Cached" for t in CACHED_TASKS), result_b["task_states"]

@@ -196,3 +196,35 @@ def test_reproduced_matches_one_to_one_by_label_and_iou() -> None:
     assert reproduced(ref, test, min_iou=0.97) == 0  # IoU 10 / 10.4
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
     assert reproduced(ref, empty) == 0 and reproduced(empty, test) == 0
+
+
+def _graph_with_an_if() -> bytes:
+    """x -> Conv -> c; If(cond) then c * K else c, where the branch reads c and the initializer K from outside."""
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
+    k = numpy_helper.from_array(np.float32(2.0), "K")
+    shape = [1, 4, 8, 8]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    then = helper.make_graph([helper.make_node("Mul", ["c", "K"], ["t"])], "then", [], [
+        helper.make_tensor_value_info("t", TensorProto.FLOAT, shape)])
+    other = helper.make_graph([helper.make_node("Identity", ["c"], ["e"])], "else", [], [
+        helper.make_tensor_value_info("e", TensorProto.FLOAT, shape)])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+        "with_if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                    helper.make_tensor_value_info("cond", TensorProto.BOOL, [])], [out], [weight, k])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_a_subgraph_reading_the_trunk_and_a_weight_from_outside_keeps_working() -> None:
+    """An If branch that reads a trunk tensor and an initializer of the outer graph: the converted model loads,
+    the branch reads fp32 (a Cast of the fp16 trunk output) and keeps its weight, and answers as fp32 does."""
+    model = _graph_with_an_if()
+    converted = to_fp16(model)
+    onnx.checker.check_model(onnx.load_model_from_string(converted))
+    x = np.random.default_rng(4).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    for cond in (True, False):
+        feed = {"x": x, "cond": np.array(cond)}
+        (ref,), (half,) = (ort.InferenceSession(m).run(None, feed) for m in (model, converted))
+        assert relative_error(ref, half) <= 1e-2

@@ -1,0 +1,44 @@
+"""Reading and rewiring ONNX graphs with their subgraphs (If, Loop, Scan bodies) in view.
+
+A subgraph may read a tensor of the graph around it by name; code that renames, converts or prunes tensors must
+follow those reads too, or the model stops loading (or computes with the wrong tensor).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import onnx
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs a node's attributes hold (If's branches, Loop's and Scan's bodies)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph's nodes, at any depth, read from the scopes around it."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {out for node in graph.node for out in node.output}
+    reads = {name for node in graph.node for name in node.input if name}
+    reads |= {name for node in graph.node for sub in subgraphs(node) for name in outer_reads(sub)}
+    return reads - defined
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """A node's inputs and what its subgraphs read from outside them."""
+    return {n for n in node.input if n} | {n for sub in subgraphs(node) for n in outer_reads(sub)}
+
+
+def rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every read of `old` in `graph` and its subgraphs becomes a read of `new` (a subgraph that defines its own
+    `old` keeps it)."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        for sub in subgraphs(node):
+            if old in outer_reads(sub):
+                rename_reads(sub, old, new)
