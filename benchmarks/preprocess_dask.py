@@ -44,6 +44,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import mini_set  # noqa: E402  (benchmarks/, this script's folder)
 from distributed import Client, LocalCluster  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
@@ -53,8 +54,6 @@ from odbench.dataset import DatasetManifest, FolderSource, ingest  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
 from odbench.preprocess import preprocess, preprocessed_dir  # noqa: E402
 from odbench.storage import Storage  # noqa: E402
-
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2017-val-mini"
 
 
 @dataclass(frozen=True)
@@ -141,8 +140,7 @@ def print_table(best: dict[Config, Timing], images: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MINI, help="a COCO-layout folder (default: the shared mini set)")
-    parser.add_argument("--images", type=int, default=80, help="the first N images of the annotation file")
+    mini_set.add_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
     parser.add_argument("--model", default="ssd_resnet34", help="whose resolution (default: ssd_resnet34, 1200 px)")
     parser.add_argument("--uint8", dest="dtype", action="store_const", const="uint8", default="float32",
@@ -151,10 +149,7 @@ def main() -> None:
     parser.add_argument("--no-malloc-default", dest="malloc_default", action="store_false",
                         help="leave out the Dask rows with Dask's default MALLOC_TRIM_THRESHOLD_")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the best is kept")
-    parser.add_argument("--tmp", type=Path, default=None, help="where the temporary storage root goes")
-    args = parser.parse_args()
-    if not (args.data / "annotations" / "instances_val2017.json").exists():
-        parser.error(f"{args.data} is not a COCO-layout folder (annotations/instances_val2017.json): pass --data")
+    args = mini_set.parse(parser)
     logging.basicConfig(level=logging.WARNING)
     workers = sorted(set(args.workers) | {1})
     server = start_temporary_server()  # None where PREFECT_API_URL names a server

@@ -23,8 +23,8 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import mini_set  # benchmarks/, this script's folder
 import numpy as np
 
 from odbench import coco
@@ -43,7 +43,6 @@ from odbench.preprocess import (
 from odbench.standin import build_standin
 from odbench.storage import Storage
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2017-val-mini"
 MODELS = ("ssd_resnet34", "retinanet_coco")
 MATCH_IOU = 0.5  # a detection of one path and one of the other are "the same" at this IoU and the same label
 SAME_BOX_PX = 1e-3  # matched detections closer than this (pixels of the model input) and ...
@@ -256,12 +255,9 @@ def print_report(reports: list[ModelReport]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MINI, help="a COCO-layout folder (default: the shared mini set)")
-    parser.add_argument("--images", type=int, default=80, help="the first N images of the annotation file")
+    mini_set.add_arguments(parser, tmp=False)
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
-    args = parser.parse_args()
-    if not (args.data / "annotations" / "instances_val2017.json").exists():
-        parser.error(f"{args.data} is not a COCO-layout folder (annotations/instances_val2017.json): pass --data")
+    args = mini_set.parse(parser)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="odbench-exactness-") as tmp:

@@ -44,11 +44,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import mini_set  # noqa: E402  (benchmarks/, this script's folder)
+
 from odbench.dataset import DatasetManifest, FolderSource, ingest  # noqa: E402
 from odbench.preprocess import RESIZE_DTYPES, preprocess, preprocessed_dir  # noqa: E402
 from odbench.storage import Storage  # noqa: E402
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2017-val-mini"
 RESOLUTIONS = (1200, 800)  # ssd_resnet34, retinanet_coco
 TARGET_SPEEDUP_2 = 1.8  # issue 9: preprocessing at least 1.8x faster on 2 workers than on 1
 CV2_DEFAULT_THREADS = cv2.getNumThreads()
@@ -172,8 +173,7 @@ def print_table(best: dict[Config, Timing], images: int, load_before: tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MINI, help="a COCO-layout folder (default: the shared mini set)")
-    parser.add_argument("--images", type=int, default=80, help="the first N images of the annotation file")
+    mini_set.add_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+",
                         help="worker counts (default: 1, 2, 4, ... and os.cpu_count())")
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
@@ -183,10 +183,7 @@ def main() -> None:
     parser.add_argument("--no-processes", dest="processes", action="store_false",
                         help="leave out the rows that split the images over processes instead of threads")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the best is kept")
-    parser.add_argument("--tmp", type=Path, default=None, help="where the temporary storage root goes")
-    args = parser.parse_args()
-    if not (args.data / "annotations" / "instances_val2017.json").exists():
-        parser.error(f"{args.data} is not a COCO-layout folder (annotations/instances_val2017.json): pass --data")
+    args = mini_set.parse(parser)
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({1, cores, *(2 ** k for k in range(1, cores.bit_length()) if 2 ** k <= cores)})
     dtypes = [d for d in ("float32", "uint8") if d in RESIZE_DTYPES and (d == "float32" or args.uint8)]

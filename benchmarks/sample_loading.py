@@ -42,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import mini_set  # noqa: E402  (benchmarks/, this script's folder)
+
 sys.path.append(str(ROOT / "tests"))  # the loopback S3 server the tests use
 
 from s3_server import S3Server  # noqa: E402
@@ -51,7 +54,6 @@ from odbench.models import get_spec  # noqa: E402
 from odbench.preprocess import load_sample, preprocess, preprocessed_files, to_model_input  # noqa: E402
 from odbench.storage import Storage  # noqa: E402
 
-MINI = ROOT.parent / "shared" / "data" / "coco2017-val-mini"
 MODEL_AT = {1200: "ssd_resnet34", 800: "retinanet_coco"}  # the model whose normalization each resolution gets
 BUCKET = "odbench-loading"
 
@@ -152,16 +154,12 @@ def environment(images: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=MINI, help="a COCO-layout folder (default: the shared mini set)")
-    parser.add_argument("--images", type=int, default=80, help="the first N images of the annotation file")
+    mini_set.add_arguments(parser)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1200, 800], choices=sorted(MODEL_AT))
     parser.add_argument("--uint8", action="store_true", help="measure uint8 samples too")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="leave out the dropped-page-cache row")
     parser.add_argument("--repeats", type=int, default=3, help="passes over each storage; the best is kept")
-    parser.add_argument("--tmp", type=Path, default=None, help="where the temporary storage root goes")
-    args = parser.parse_args()
-    if not (args.data / "annotations" / "instances_val2017.json").exists():
-        parser.error(f"{args.data} is not a COCO-layout folder (annotations/instances_val2017.json): pass --data")
+    args = mini_set.parse(parser)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("odbench.preprocess").addHandler(_FailOnWarning())
     dtypes = ["float32", *(["uint8"] if args.uint8 else [])]
