@@ -60,6 +60,7 @@ class Variant:
     samples_on_device: bool = False
     loadgen_concurrency: int = 1
     prefer_nhwc: bool = False
+    onnx_sessions: int = 1
 
 
 NONE = Variant("no option")
@@ -70,7 +71,8 @@ VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
             Variant("normalize_on_device (uint8 samples)", normalize_on_device=True),
             Variant("model_precision=fp16", "fp16"), Variant("prefer_nhwc", prefer_nhwc=True),
             Variant("fp16 + prefer_nhwc", "fp16", prefer_nhwc=True), BEST,
-            Variant("best, 8 in flight", "fp16", True, True, 8, True))
+            Variant("best, 8 in flight", "fp16", True, True, 8, True),
+            Variant("best, 4 in flight on onnx_sessions=4", "fp16", True, True, 4, True, 4))
 SESSIONS = 4  # the bare loop with this many sessions (one CUDA stream each), one thread on each
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
 
@@ -98,8 +100,10 @@ class Setup:
     def backend(self, variant: Variant) -> tuple[OnnxBackend, list]:
         """A session for the variant, warmed up, and the images as that variant's samples."""
         backend = OnnxBackend(self.model(variant), self.spec, self.device, 0,
-                              samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc)
+                              samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc,
+                              sessions=variant.onnx_sessions)
         inputs = [backend.place(self.sample(image, variant)) for image in self.images]
+        backend.prime(inputs[0])  # every session's first inference
         for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
             backend.infer(inputs[i % len(inputs)])
         return backend, inputs

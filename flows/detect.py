@@ -89,6 +89,7 @@ def detect(
     normalize_on_device: bool = D.normalize_on_device,
     samples_on_device: bool = D.samples_on_device,
     prefer_nhwc: bool = D.prefer_nhwc,
+    onnx_sessions: int = D.onnx_sessions,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -156,6 +157,8 @@ def detect(
             inference reads it there (onnxruntime IO binding): no host-to-device copy is timed.
         prefer_nhwc: CUDA: run the convolutions in NHWC layout (onnxruntime's prefer_nhwc; faster cuDNN
             kernels on an H200, docs/performance.md); no effect on the CPU provider.
+        onnx_sessions: onnxruntime sessions of the model, each with its own CUDA stream; the SUT's workers
+            (loadgen_concurrency) take them in turn. 1: all workers share one session.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
             tensorrt/trt. The result says which providers ran.
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.

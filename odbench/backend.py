@@ -7,8 +7,10 @@ ORT_DISABLE_TELEMETRY is set by then; a run writes nothing outside storage and t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
@@ -85,10 +87,11 @@ def _with_options(providers: list[str], prefer_nhwc: bool) -> list:
 
 
 class OnnxBackend:
-    """An onnxruntime session for one model; reports the providers that actually run."""
+    """onnxruntime sessions of one model (one by default; `sessions` > 1: each its own CUDA stream, each thread
+    that infers keeps one, taken in turn); reports the providers that actually run."""
 
     def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0,
-                 samples_on_device: bool = False, prefer_nhwc: bool = False):
+                 samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1):
         import onnxruntime as ort
 
         bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
@@ -98,7 +101,12 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model, sess_options=options, providers=_with_options(wanted, prefer_nhwc))
+        bounds.check("onnx_sessions", sessions)
+        self._sessions = [ort.InferenceSession(model, sess_options=options,
+                                               providers=_with_options(wanted, prefer_nhwc)) for _ in range(sessions)]
+        self.session = self._sessions[0]
+        self._local = threading.local()
+        self._turns = itertools.count()  # next() is atomic: threads take the sessions in turn
         self.providers = self.session.get_providers()
         self._check_provider(execution_device, wanted)
         self.spec = spec
@@ -131,15 +139,29 @@ class OnnxBackend:
 
         return ort.OrtValue.ortvalue_from_numpy(x, self.input_device, 0)
 
+    def _thread_session(self) -> Any:
+        """The session of the calling thread: taken in turn at its first inference, then kept."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._sessions[next(self._turns) % len(self._sessions)]
+        return session
+
+    def prime(self, x: Any) -> None:
+        """One inference on every session (each autotunes its cuDNN kernels at its first), for the warm-up."""
+        for session in self._sessions:
+            self._run(session, x)
+
     def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if isinstance(x, np.ndarray):
-            outputs = self.session.run(self._outputs, {self.spec.input.name: x})  # in self._outputs' order
-        else:  # a placed input: bound where it lies, no host-to-device copy
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.spec.input.name, x)
-            for name in self._outputs:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            outputs = binding.copy_outputs_to_cpu()
-        boxes, scores, labels = outputs
+        boxes, scores, labels = self._run(self._thread_session(), x)
         return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+
+    def _run(self, session: Any, x: Any) -> list[np.ndarray]:
+        """The outputs in self._outputs' order, for an array or a placed input (bound where it lies)."""
+        if isinstance(x, np.ndarray):
+            return session.run(self._outputs, {self.spec.input.name: x})
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(self.spec.input.name, x)
+        for name in self._outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()

@@ -31,7 +31,7 @@ from odbench.harness import run_loadgen
 from odbench.input_prefix import device_input
 from odbench.loadgen_log import LoadGenSummary, summarize
 from odbench.loadgen_settings import LoadGenConfig
-from odbench.model_store import StoredModel, fetch_model, model_bytes
+from odbench.model_store import StoredModel, fetch_model, model_data
 from odbench.model_variants import at_precision, session_model
 from odbench.models import LabelSpace, ModelSpec
 from odbench.output_checks import BadModelOutputsError, OutputTally
@@ -119,6 +119,7 @@ class BenchmarkResult:
     normalize_on_device: bool = False  # the model normalized the stored samples (input_prefix.py)
     samples_on_device: bool = False  # samples were in accelerator memory (IO binding); False on the CPU provider
     prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout; False on the CPU provider
+    onnx_sessions: int = 1  # onnxruntime sessions the SUT's workers shared
     energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
     precision_agreement: dict[str, Any] | None = None  # fp16 against fp32 on the run's first samples (precision.py)
     converted_model_md5: str | None = None  # md5 of the fp16 conversion that ran (model_md5 is the fetched file's)
@@ -244,7 +245,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
         preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
         normalize_on_device=params.normalize_on_device, samples_on_device=bench.backend.input_device != "cpu",
-        prefer_nhwc=params.prefer_nhwc and bench.backend.on_gpu,
+        prefer_nhwc=params.prefer_nhwc and bench.backend.on_gpu, onnx_sessions=params.onnx_sessions,
         energy=timed.energy.to_json() if timed.energy else None,
         precision_agreement=agreement.to_json() if agreement else None,
         converted_model_md5=bench.model.md5 if bench.model.md5 != model.md5 else None,
@@ -258,7 +259,7 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     model = at_precision(model, storage, params.model_precision)
     backend = OnnxBackend(session_model(model, storage, spec, params.normalize_on_device, dtype), spec,
                           params.execution_device, params.cpu_threads, samples_on_device=params.samples_on_device,
-                          prefer_nhwc=params.prefer_nhwc)
+                          prefer_nhwc=params.prefer_nhwc, sessions=params.onnx_sessions)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")
@@ -281,7 +282,7 @@ def _precision_agreement(params: BenchmarkParams, manifest: DatasetManifest, mod
     try:
         inputs = [to_model_input(load_sample(storage, image, spec.resolution, resize_dtype=dtype), spec)
                   for image in manifest.images[:AGREEMENT_SAMPLES]]
-        reference, test = (_file_bytes(m, storage) for m in (model, converted))
+        reference, test = (model_data(m, storage) for m in (model, converted))
         found = agreement(reference, test, inputs, spec, params.execution_device)
     except (ValueError, RuntimeError) as err:  # e.g. a graph whose head outputs cannot be found
         log.warning("fp16 agreement with fp32 not measured: %s", err)
@@ -291,12 +292,6 @@ def _precision_agreement(params: BenchmarkParams, manifest: DatasetManifest, mod
              "detections reproduced", found.inputs, found.pre_nms_relative_error, within,
              AGREEMENT_LIMITS[params.model_precision], found.detections_reproduced, found.detections_reference)
     return found
-
-
-def _file_bytes(model: StoredModel, storage: Storage) -> bytes:
-    """A stored model's verified bytes (model_bytes gives a local path where it can)."""
-    source = model_bytes(model, storage)
-    return Path(source).read_bytes() if isinstance(source, str) else source
 
 
 def _planned_passes(config: LoadGenConfig, compliance_test: str | None) -> list[LoadGenConfig]:

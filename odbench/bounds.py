@@ -22,6 +22,7 @@ LoadGen will generate) a ceiling; an error names the parameter, its value and th
 | loadgen_warmup_samples | whole number 0 to 10,000 | untimed inferences before a timed test; 0: none |
 | loadgen_multistreamness | whole number 1 to 1,024 | MultiStream samples per query |
 | loadgen_concurrency | whole number 1 to 64 | SUT worker threads, one inference each |
+| onnx_sessions | whole number 1 to 16 | sessions of the model, each with its weights on the device |
 | cpu_threads | whole number 0 (onnxruntime's default) to the machine's CPU count | one thread each |
 | (derived) samples LoadGen generates in PerformanceOnly | at most 10,000,000 | see `planned_samples` |
 
@@ -113,6 +114,7 @@ def bounds() -> dict[str, Bound]:
         "loadgen_warmup_samples": Bound(0, 10_000, integer=True, unit=" inferences"),
         "loadgen_multistreamness": Bound(1, 1024, integer=True, unit=" samples per query"),
         "loadgen_concurrency": Bound(1, 64, integer=True, unit=" inferences in flight"),
+        "onnx_sessions": Bound(1, 16, integer=True, unit=" sessions"),
         "cpu_threads": Bound(0, max_cpu_threads(), integer=True, high_note=cpu_note),
     }
 

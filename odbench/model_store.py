@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from odbench import onnx_builder, standin, standin_full
 from odbench.dataset import url_file_name
@@ -146,6 +147,12 @@ def check_stored(model: StoredModel, storage: Storage) -> str | None:
         _remove_corrupt(model.rel, model.md5, found, storage)
         return f"{model.rel} has md5 {found}, not {model.md5} (removed)"
     return None
+
+
+def model_data(model: StoredModel, storage: Storage) -> bytes:
+    """The model file's verified bytes, wherever storage keeps it (model_bytes, read)."""
+    source = model_bytes(model, storage)
+    return Path(source).read_bytes() if isinstance(source, str) else source
 
 
 def model_bytes(model: StoredModel, storage: Storage) -> bytes | str:

@@ -14,11 +14,10 @@ import inspect
 import logging
 import re
 from dataclasses import replace
-from pathlib import Path
 
 from odbench.fetch import content_path, store_bytes
 from odbench.input_prefix import with_normalization
-from odbench.model_store import StoredModel, check_stored, model_bytes
+from odbench.model_store import StoredModel, check_stored, model_bytes, model_data
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 
@@ -71,9 +70,8 @@ def at_precision(model: StoredModel, storage: Storage, precision: str) -> Stored
         return found
     from odbench.precision import to_fp16
 
-    source = model_bytes(model, storage)
     log.info("converting %s to fp16 (once; stored beside it)", model.rel)
-    data = to_fp16(Path(source).read_bytes() if isinstance(source, str) else source)
+    data = to_fp16(model_data(model, storage))
     stored = store_bytes(data, storage, f"models/{model.model_name}", f"{model.model_name}-fp16.onnx")
     storage.write_json(_record_rel(model), {"md5": stored.md5, "from_md5": model.md5})
     return _fp16_model(model, stored.md5)

@@ -55,6 +55,7 @@ class BenchmarkParams:
     normalize_on_device: bool = False  # the stored sample crosses as is (uint8: 1/4 of the bytes); the graph normalizes
     samples_on_device: bool = False  # LoadGen's untimed load puts samples in accelerator memory (IO binding)
     prefer_nhwc: bool = False  # CUDA: convolutions in NHWC layout (onnxruntime's prefer_nhwc)
+    onnx_sessions: int = 1  # onnxruntime sessions of the model (each its own CUDA stream), shared by the workers
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -69,7 +70,7 @@ class BenchmarkParams:
         self.spec  # unknown model names list the known ones
         table = bounds.bounds()
         for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", "loadgen_warmup_samples",
-                     "loadgen_concurrency", *ALIASES):
+                     "loadgen_concurrency", "onnx_sessions", *ALIASES):
             bounds.check(name, getattr(self, name), table[name])
         self._check_aliases()
         self.loadgen_config  # scenario, mode, targets, counts and durations

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from odbench.accuracy import decode_accuracy_log
 from odbench.backend import OnnxBackend
 from odbench.benchmark import run_benchmark
 from odbench.energy import EnergyMeter
@@ -123,3 +124,34 @@ def test_an_fp16_run_converts_once_reports_agreement_and_never_trusts_a_damaged_
     with caplog.at_level("INFO", logger="odbench"):
         again = run_benchmark(_params(synthetic_dir, model_precision="fp16"), storage)
     assert "converting again" in caplog.text and again.mAP == first.mAP
+
+
+def test_several_sessions_give_each_worker_its_own_and_the_same_detections(synthetic_dir, tmp_path) -> None:
+    """onnx_sessions=2: two threads inferring take different sessions (each keeps its own), and an AccuracyOnly
+    run logs the same detections as with one session."""
+    import threading
+
+    spec = get_spec("retinanet_coco")
+    backend = OnnxBackend(build_standin(spec), spec, "cpu", 1, sessions=2)
+    taken: list[int] = []
+
+    def infer_twice() -> None:
+        backend.infer(to_model_input(_image(spec.resolution, "uint8"), spec))
+        first = id(backend._thread_session())
+        backend.infer(to_model_input(_image(spec.resolution, "uint8"), spec))
+        assert id(backend._thread_session()) == first
+        taken.append(first)
+
+    threads = [threading.Thread(target=infer_twice) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(taken)) == 2
+    storage = Storage(str(tmp_path / "store"))
+    one = run_benchmark(_params(synthetic_dir), storage)
+    two = run_benchmark(_params(synthetic_dir, onnx_sessions=2, loadgen_concurrency=2), storage)
+    rows = [decode_accuracy_log(Path(storage.root) / "runs" / r.run_id / "mlperf_log_accuracy.json")
+            for r in (one, two)]  # two workers answer in their own order: compared per sample
+    assert rows[0].keys() == rows[1].keys() and len(rows[0]) == N
+    assert all(np.array_equal(rows[0][i], rows[1][i]) for i in rows[0]) and two.onnx_sessions == 2
