@@ -110,10 +110,11 @@ def _check_scenario_fields(summary: LoadGenSummary) -> None:
         assert summary.perf_constraints_met is not None and "Scheduled samples per second" in summary.summary_fields
 
 
-def test_server_at_a_sustainable_rate_is_valid_and_at_ten_times_it_is_invalid(synthetic_dir, scenario_storage):
-    """retinanet's stand-in does ~100 samples/s on these images with other tests on the 2 cores: 60/s under a
-    1 s bound (a margin for the shared machine) stays VALID, and 500 queries are enough for early stopping (459
-    when none is over the bound); at 10x that rate under the official 100 ms bound a queue piles up, INVALID."""
+def test_server_at_a_sustainable_rate_is_valid_and_at_fifty_times_it_is_invalid(synthetic_dir, scenario_storage):
+    """retinanet's stand-in does ~100 samples/s on these images with other tests on the 2 cores (up to ~700/s on
+    a quiet machine): 60/s under a 1 s bound (a margin for the shared machine) stays VALID, and 500 queries are
+    enough for early stopping (459 when none is over the bound); at 50x that rate (3000/s, 600 queries in 0.2 s)
+    under the official 100 ms bound a queue piles up on any of these machines, INVALID."""
     common = dict(model_name="retinanet_coco", loadgen_scenario="Server", loadgen_mode="PerformanceOnly",
                   loadgen_warmup_samples=2)
     ok = _within(GUARD_S, lambda: run_benchmark(_params(
@@ -124,7 +125,7 @@ def test_server_at_a_sustainable_rate_is_valid_and_at_ten_times_it_is_invalid(sy
     assert summary.perf_constraints_met and summary.early_stopping_met and summary.query_count >= 500
     assert summary.effective_settings["target_latency_ns"] == 1_000_000_000
     over = _within(GUARD_S, lambda: run_benchmark(_params(
-        synthetic_dir, **common, loadgen_target_qps=600, loadgen_min_duration_s=0.2, loadgen_min_query_count=200),
+        synthetic_dir, **common, loadgen_target_qps=3000, loadgen_min_duration_s=0.2, loadgen_min_query_count=200),
         scenario_storage))
     summary = _summary(scenario_storage, over, "Server", "PerformanceOnly")
     assert summary.effective_settings["target_latency_ns"] == 100_000_000  # the official bound, not the default 10 ms
