@@ -10,17 +10,18 @@ temporary local storage root and preprocessed there (float32, the default resize
 source images are not copied, so a sample that failed verification could not be recomputed there unnoticed;
 any warning from the loader stops the benchmark.
 
-Timed per sample, one after the other as `SampleLibrary.load_samples` does: `load_sample` (read + header and
+Timed per sample, one after the other as `SampleLibrary.load_samples` did before it loaded on several threads: `load_sample` (read + header and
 sha256 check + decode into an array) then `to_model_input` (/255, mean/std, NCHW), exactly the benchmark's
 `load` (odbench/benchmark.py `_bench`). Storage: the local root with the files in the page cache (just
 written), the same root with each file's pages dropped first (posix_fadvise DONTNEED after an fsync: what a
 read from the local disk costs; --no-cold leaves it out), and the S3 bucket. The storages take turns within
 each repeat; the best repeat (highest samples/s) of each is kept.
 
-Prints one table: samples/s, MB/s (sample-file bytes), ms per sample p50 and p90, the read alone (the storage's
+Prints two tables: samples/s, MB/s (sample-file bytes), ms per sample p50 and p90, the read alone (the storage's
 `read_bytes` inside `load_sample`) p50, the ratio to the local (page cache) samples/s, and, from /proc, the cores
 the S3 server used and those the machine's other processes used during the pass (the server shares this
-machine's cores; a pass that saw other processes well above 0 measured them too).
+machine's cores; a pass that saw other processes well above 0 measured them too). The second table times the
+QSL's load step itself, `SampleLibrary.load_samples` over every sample, on 1 thread and on LOAD_WORKERS.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from odbench.dataset import DatasetManifest, FolderSource, ingest  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
 from odbench.preprocess import load_sample, preprocess, preprocessed_files, to_model_input  # noqa: E402
 from odbench.storage import Storage  # noqa: E402
+from odbench.sut import LOAD_WORKERS, SampleLibrary  # noqa: E402
 
 MODEL_AT = {1200: "ssd_resnet34", 800: "retinanet_coco"}  # the model whose normalization each resolution gets
 BUCKET = "odbench-loading"
@@ -144,6 +146,37 @@ def one_pass(storage: Storage, reads: TimedReads, manifest: DatasetManifest, res
     return Pass(tuple(totals), tuple(read_s), wall, server / wall, max(0.0, _busy_s() - busy0 - cpu - server) / wall)
 
 
+def qsl_rate(storage: Storage, manifest: DatasetManifest, resolution: int, dtype: str, workers: int) -> float:
+    """Samples/s of the QSL's load step (`SampleLibrary.load_samples` over every sample) on `workers` threads."""
+    spec = get_spec(MODEL_AT[resolution])
+    library = SampleLibrary(manifest.size, lambda i: to_model_input(
+        load_sample(storage, manifest.images[i], resolution, resize_dtype=dtype), spec), workers)
+    start = time.perf_counter()
+    library.load_samples(range(manifest.size))
+    wall = time.perf_counter() - start
+    if library.errors:
+        raise library.errors[0]
+    return manifest.size / wall
+
+
+def qsl_table(storages: list[tuple[str, Storage, bool]], manifest: DatasetManifest, resolutions: list[int],
+              dtypes: list[str], repeats: int) -> list[str]:
+    """The QSL's load step on 1 and LOAD_WORKERS threads, each storage warm (no dropped pages), best of repeats."""
+    lines = [f"\n### The QSL's load step: all {manifest.size} samples on 1 thread and on {LOAD_WORKERS} "
+             "(SampleLibrary.load_samples), best of the repeats\n",
+             "| res | dtype | storage | 1 thread samples/s | " + f"{LOAD_WORKERS} threads samples/s | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for res in resolutions:
+        for dtype in dtypes:
+            for name, storage, cold in storages:
+                if cold:
+                    continue
+                one, many = (max(qsl_rate(storage, manifest, res, dtype, w) for _ in range(repeats))
+                             for w in (1, LOAD_WORKERS))
+                lines.append(f"| {res} | {dtype} | {name} | {one:.1f} | {many:.1f} | {many / one:.2f}× |")
+    return lines
+
+
 def environment(images: int) -> str:
     import s3fs
 
@@ -197,9 +230,11 @@ def main() -> None:
                             if name not in best or p.rate > best[name].rate:
                                 best[name] = p
                     rows.append((res, dtype, size / manifest.size, best))
+            qsl = qsl_table(storages, manifest, args.resolutions, dtypes, args.repeats)
         finally:
             server.stop()
     print_table(rows, manifest.size, load_before)
+    print("\n".join(qsl))
 
 
 def print_table(rows: list, images: int, load_before: tuple[float, ...]) -> None:

@@ -55,18 +55,19 @@ class SampleLibrary:
     the process. The SUT then fails that sample, and the run reports the first error. Once stopping,
     loads are skipped (the SUT answers without the samples)."""
 
-    def __init__(self, count: int, load: Callable[[int], np.ndarray]):
+    def __init__(self, count: int, load: Callable[[int], np.ndarray], workers: int = LOAD_WORKERS):
         self.count = count
         self._load = load
+        self.workers = workers
         self._samples: dict[int, np.ndarray] = {}
         self.errors: list[BaseException] = []
         self.stopping = False  # a plain flag: set from a signal handler
 
     def load_samples(self, indices: Sequence[int]) -> None:
-        """Load on up to LOAD_WORKERS threads (reading, verifying and normalizing release the GIL): LoadGen's
-        load step is untimed, but an accuracy pass over 5,000 images spends minutes in it one at a time."""
+        """Load on up to `workers` threads (reading, verifying and normalizing release the GIL): LoadGen's load
+        step is untimed, but an accuracy pass over 5,000 images spends minutes in it one at a time."""
         todo = list(indices)
-        with ThreadPoolExecutor(max_workers=max(1, min(LOAD_WORKERS, len(todo))),
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo))),
                                 thread_name_prefix="qsl-load") as pool:
             for idx, sample in zip(todo, pool.map(self._load_one, todo)):
                 if sample is not None:
