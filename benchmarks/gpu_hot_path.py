@@ -25,8 +25,7 @@ import argparse
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +72,18 @@ VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
             Variant("fp16 + prefer_nhwc", "fp16", prefer_nhwc=True), BEST,
             Variant("best, 8 in flight", "fp16", True, True, 8, True),
             Variant("best, 4 in flight on onnx_sessions=4", "fp16", True, True, 4, True, 4))
-SESSIONS = 4  # the bare loop with this many sessions (one CUDA stream each), one thread on each
+# the bare loop over 4 sessions (one CUDA stream each), one thread on each (each thread keeps its own session)
+BEST_ON_SESSIONS = replace(BEST, label="best options, 4 sessions x 1 thread", onnx_sessions=4)
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
+
+
+def build_model(spec: ModelSpec, small: bool) -> tuple[bytes, str]:
+    """The full-size stand-in (the small one with `small`), and which it is (benchmarks/op_profile.py too)."""
+    if small:
+        return build_standin(spec), "small stand-in"
+    from odbench.standin_full import build_full_standin
+
+    return build_full_standin(spec), "full-size stand-in"
 
 
 class Setup:
@@ -83,12 +92,7 @@ class Setup:
     def __init__(self, spec: ModelSpec, device: str, small: bool):
         self.spec, self.device = spec, device
         t0 = time.perf_counter()
-        if small:
-            fp32, kind = build_standin(spec), "small stand-in"
-        else:
-            from odbench.standin_full import build_full_standin
-
-            fp32, kind = build_full_standin(spec), "full-size stand-in"
+        fp32, kind = build_model(spec, small)
         self.models = {"fp32": fp32, "fp16": to_fp16(fp32)}
         self.label = f"{spec.name} [{kind}, {len(fp32) / 1e6:.0f} MB, built in {time.perf_counter() - t0:.0f} s]"
         self.images = [probe_image(spec, PROBE_SEED + i) for i in range(DISTINCT_SAMPLES)]
@@ -144,24 +148,6 @@ def bare_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
         p50, p90 = bare_latencies_ms(backend, inputs, max(16, int(rate * seconds / 2)))
         rows.append((setup.label, name, "SingleStream p50 / p90 ms", f"{p50:.3f} / {p90:.3f}", ""))
     return rows
-
-
-def sessions_row(setup: Setup, variant: Variant, sessions: int, seconds: float) -> Row:
-    """The bare loop over `sessions` sessions of the same model, one thread each: Offline samples/s."""
-    pairs = [setup.backend(variant) for _ in range(sessions)]
-    count = count_for(*pairs[0], 1, seconds)
-
-    def run(pair: tuple[OnnxBackend, list]) -> None:
-        backend, inputs = pair
-        for i in range(count):
-            backend.infer(inputs[i % len(inputs)])
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=sessions) as pool:
-        list(pool.map(run, pairs))
-    rate = count * sessions / (time.perf_counter() - start)
-    return (setup.label, f"bare loop, {variant.label.split(', 4 in flight')[0]}, {sessions} sessions x 1 thread",
-            "Offline samples/s", f"{rate:,.2f}", "")
 
 
 def harness_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
@@ -222,7 +208,7 @@ def measure_model(name: str, device: str, seconds: float, small: bool,
     if paired:
         return paired_rows(setup, NONE, paired, seconds) + paired_rows(setup, BEST, paired, seconds), []
     speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
-    speed.append(sessions_row(setup, BEST, SESSIONS, seconds))
+    speed += bare_rows(setup, BEST_ON_SESSIONS, seconds)
     for variant in VARIANTS:
         speed += harness_rows(setup, variant, seconds)
     return speed, agreement_rows(setup)

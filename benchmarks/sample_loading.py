@@ -10,11 +10,11 @@ temporary local storage root and preprocessed there (float32, the default resize
 source images are not copied, so a sample that failed verification could not be recomputed there unnoticed;
 any warning from the loader stops the benchmark.
 
-Timed per sample, one after the other as `SampleLibrary.load_samples` did before it loaded on several threads: `load_sample` (read + header and
-sha256 check + decode into an array) then `to_model_input` (/255, mean/std, NCHW), exactly the benchmark's
-`load` (odbench/benchmark.py `_bench`). Storage: the local root with the files in the page cache (just
-written), the same root with each file's pages dropped first (posix_fadvise DONTNEED after an fsync: what a
-read from the local disk costs; --no-cold leaves it out), and the S3 bucket. The storages take turns within
+Timed per sample, one after the other as `SampleLibrary.load_samples` did before it loaded on several threads:
+`load_sample` (read + header and sha256 check + decode into an array) then `to_model_input` (/255, mean/std, NCHW),
+exactly the benchmark's `load` (odbench/benchmark.py `_bench`). Storage: the local root with the files in the page
+cache (just written), the same root with each file's pages dropped first (posix_fadvise DONTNEED after an fsync:
+what a read from the local disk costs; --no-cold leaves it out), and the S3 bucket. The storages take turns within
 each repeat; the best repeat (highest samples/s) of each is kept.
 
 Prints two tables: samples/s, MB/s (sample-file bytes), ms per sample p50 and p90, the read alone (the storage's
