@@ -41,7 +41,7 @@ from flows.command import run_command, state_exit_code
 from odbench.dataset import DatasetImage, ingest, load_manifest, parse_dataset_url
 from odbench.models import ModelName, get_spec
 from odbench.params import BenchmarkParams
-from odbench.preprocess import ResizeDtype, compute_sample, opencv_threads, preprocessed_dir, preprocessed_path
+from odbench.preprocess import ResizeDtype, compute_sample, missing_samples, opencv_threads, preprocessed_dir
 from odbench.redact import redact_url
 from odbench.storage import Storage
 from tasks.report import slug
@@ -87,13 +87,12 @@ def preprocess_chunk(images: list[DatasetImage], resolution: int, storage: Stora
                      resize_dtype: ResizeDtype) -> dict[str, Any]:
     """Store the samples of `images` that storage does not hold yet (`compute_sample`); a summary of the chunk:
     counts, where it ran, and when it started and ended (epoch seconds, so that tasks on other hosts compare)."""
-    started, created = time.time(), 0
+    started = time.time()
+    todo = missing_samples(images, resolution, storage, resize_dtype)
     with opencv_threads(1):  # as `preprocess` does: the workers are the parallelism, not OpenCV's own threads
-        for image in images:
-            if not storage.exists(preprocessed_path(resolution, image.md5, resize_dtype=resize_dtype)):
-                compute_sample(storage, image, resolution, resize_dtype=resize_dtype)  # the array stays here
-                created += 1
-    return {"images": len(images), "created": created, "started": started, "ended": time.time(),
+        for image in todo:
+            compute_sample(storage, image, resolution, resize_dtype=resize_dtype)  # the array stays here
+    return {"images": len(images), "created": len(todo), "started": started, "ended": time.time(),
             "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
@@ -162,7 +161,7 @@ def preprocess_dask(
     if n_workers < 1 or (chunk is not None and chunk < 1):
         raise ValueError(f"n_workers={n_workers} and chunk={chunk} must be at least 1")
     storage = resolve_storage(storage_block, storage_url).storage()
-    if "memory" in (storage.fs.protocol if isinstance(storage.fs.protocol, (tuple, list)) else (storage.fs.protocol,)):
+    if "memory" in storage.protocols:
         raise ValueError(f"storage {storage.uri()} is in this process's memory: Dask workers cannot reach it; "
                          "use a folder they share or an object store")
     resolution = get_spec(model_name).resolution

@@ -36,7 +36,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, get_args
+from typing import Callable, Iterator, Literal, Sequence, get_args
 
 import cv2
 import numpy as np
@@ -158,12 +158,6 @@ def sample_parts(array: np.ndarray, jpeg_md5: str, resolution: int) -> tuple[byt
     return json.dumps(header, sort_keys=True).encode() + b"\n", pixels
 
 
-def encode_sample(array: np.ndarray, jpeg_md5: str, resolution: int) -> bytes:
-    """A sample file's bytes (sample_parts joined)."""
-    header, pixels = sample_parts(array, jpeg_md5, resolution)
-    return header + pixels.tobytes()
-
-
 def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
                   resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE) -> np.ndarray:
     """The pixels of a sample file, checked to be the image `jpeg_md5` at `resolution` in `resize_dtype`,
@@ -222,6 +216,12 @@ def opencv_threads(count: int) -> Iterator[None]:
                 cv2.setNumThreads(_opencv_users[1])
 
 
+def missing_samples(images: Sequence[DatasetImage], resolution: int, storage: Storage,
+                    resize_dtype: ResizeDtype) -> list[DatasetImage]:
+    """The images whose sample at `resolution` in `resize_dtype` storage does not hold yet."""
+    return [im for im in images if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]
+
+
 def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None, *,
                resize_dtype: ResizeDtype = DEFAULT_RESIZE_DTYPE, opencv: int = 1) -> PreprocessedSet:
@@ -232,8 +232,8 @@ def preprocess(manifest: DatasetManifest, resolution: int, storage: Storage, wor
     parallelism; else each worker's resize would start one thread per core)."""
     workers = workers or usable_cpus()
     storage.remove_stale_temporaries(preprocessed_dir(resolution, resize_dtype="uint8"))
-    todo = [im for im in manifest.images
-            if not storage.exists(preprocessed_path(resolution, im.md5, resize_dtype=resize_dtype))]
+    todo = missing_samples(manifest.images, resolution, storage, resize_dtype)
+
     def store(image: DatasetImage) -> None:  # None: finished samples are not held until the map reaches them
         compute_sample(storage, image, resolution, resize_dtype=resize_dtype)
 

@@ -161,10 +161,15 @@ class Storage:
         return isinstance(self.fs, LocalFileSystem)
 
     @property
+    def protocols(self) -> tuple[str, ...]:
+        """The filesystem's protocol names (fsspec gives one or several)."""
+        protocol = self.fs.protocol
+        return tuple(protocol) if isinstance(protocol, (tuple, list)) else (protocol,)
+
+    @property
     def is_object_store(self) -> bool:
         """An object store (S3, GCS, Azure Blob): one PUT is atomic, a request costs a round trip."""
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
-        return bool(OBJECT_STORE_PROTOCOLS.intersection(protocols))
+        return bool(OBJECT_STORE_PROTOCOLS.intersection(self.protocols))
 
     @property
     def endpoint(self) -> str:

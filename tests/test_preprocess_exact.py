@@ -19,11 +19,11 @@ from odbench.preprocess import (
     PREPROCESS_VERSION,
     RESIZE_DTYPES,
     decode_resize,
-    encode_sample,
     load_sample,
     preprocess,
     preprocessed_files,
     preprocessed_path,
+    sample_parts,
     to_model_input,
 )
 from odbench.storage import Storage
@@ -189,7 +189,7 @@ def test_a_corrupt_or_missing_float32_sample_is_recomputed(both, synthetic_dir, 
 
 def test_a_float64_array_is_not_stored_as_a_sample():
     with pytest.raises(TypeError, match="dtype float64 is not a preprocessed sample: samples are uint8 or float32"):
-        encode_sample(np.zeros((8, 8, 3)), "0" * 32, 8)
+        sample_parts(np.zeros((8, 8, 3)), "0" * 32, 8)
 
 
 def test_an_unknown_resize_dtype_is_refused_naming_the_choices():
