@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
 from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.batching import batched  # noqa: E402
 from odbench.energy import Energy, EnergyMeter  # noqa: E402
 from odbench.input_prefix import device_input, with_normalization  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
@@ -60,6 +61,7 @@ class Variant:
     loadgen_concurrency: int = 1
     prefer_nhwc: bool = False
     onnx_sessions: int = 1
+    batch_size: int = 1
 
 
 NONE = Variant("no option")
@@ -74,6 +76,11 @@ VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
             Variant("best, 4 in flight on onnx_sessions=4", "fp16", True, True, 4, True, 4))
 # the bare loop over 4 sessions (one CUDA stream each), one thread on each (each thread keeps its own session)
 BEST_ON_SESSIONS = replace(BEST, label="best options, 4 sessions x 1 thread", onnx_sessions=4)
+# batches are assembled in host memory, so samples_on_device is off (odbench/params.py)
+BATCH_BEST = Variant("batched best: fp16, NHWC, uint8 normalized on device", "fp16", True, False, 1, True)
+BATCH_VARIANTS = (Variant("batch_size=8", batch_size=8),
+                  *(replace(BATCH_BEST, label=f"{BATCH_BEST.label}, batch {b}, {c} in flight", batch_size=b,
+                            loadgen_concurrency=c) for b, c in ((4, 2), (8, 2), (8, 4), (16, 2))))
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
 
 
@@ -98,14 +105,17 @@ class Setup:
         self.images = [probe_image(spec, PROBE_SEED + i) for i in range(DISTINCT_SAMPLES)]
 
     def model(self, variant: Variant) -> bytes:
+        """As odbench/model_variants.py orders them: the precision's model, batched, normalization prefix."""
         model = self.models[variant.model_precision]
+        if variant.batch_size > 1:
+            model = batched(model, self.spec)
         return with_normalization(model, self.spec, "uint8") if variant.normalize_on_device else model
 
     def backend(self, variant: Variant) -> tuple[OnnxBackend, list]:
         """A session for the variant, warmed up, and the images as that variant's samples."""
         backend = OnnxBackend(self.model(variant), self.spec, self.device, 0,
                               samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc,
-                              sessions=variant.onnx_sessions)
+                              sessions=variant.onnx_sessions, batch_size=variant.batch_size)
         inputs = [backend.place(self.sample(image, variant)) for image in self.images]
         backend.prime(inputs[0])  # every session's first inference
         for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
@@ -159,7 +169,7 @@ def harness_rows(setup: Setup, variant: Variant, seconds: float) -> list[Row]:
     name = f"harness, {variant.label}"
     rows = [(setup.label, name, "Offline samples/s", f"{offline['samples_per_second']:,.2f}",
              energy_note(offline["energy"]))]
-    if workers == 1 or variant is BEST:
+    if (workers == 1 or variant is BEST) and variant.batch_size == 1:
         single = harness(backend, setup.spec, inputs, "SingleStream", max(16, samples // workers // 2), 1)
         rows.append((setup.label, name, "SingleStream p50 / p90 ms",
                      f"{single['p50_ms']:.3f} / {single['p90_ms']:.3f}", ""))
@@ -202,11 +212,16 @@ def paired_rows(setup: Setup, variant: Variant, rounds: int, seconds: float) -> 
              f"harness − bare {ours_p90 - bare_p90:+.3f} ms")]
 
 
-def measure_model(name: str, device: str, seconds: float, small: bool,
-                  paired: int = 0) -> tuple[list[Row], list[Row]]:
+def measure_model(name: str, device: str, seconds: float, small: bool, paired: int = 0,
+                  batching: bool = False) -> tuple[list[Row], list[Row]]:
     setup = Setup(get_spec(name), device, small)
     if paired:
         return paired_rows(setup, NONE, paired, seconds) + paired_rows(setup, BEST, paired, seconds), []
+    if batching:
+        rows = bare_rows(setup, NONE, seconds)
+        for variant in (BEST, *BATCH_VARIANTS):
+            rows += harness_rows(setup, variant, seconds)
+        return rows + paired_rows(setup, BATCH_VARIANTS[2], paired or 2, seconds), []
     speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
     speed += bare_rows(setup, BEST_ON_SESSIONS, seconds)
     for variant in VARIANTS:
@@ -238,13 +253,15 @@ def main() -> None:
     parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                         help="only the harness-vs-bare ratios at equal options (no option; best), alternated ROUNDS "
                              "times")
+    parser.add_argument("--batching", action="store_true",
+                        help="only the batch sizes (bare fp32 loop, best unbatched, batched variants, one paired)")
     args = parser.parse_args()
     import onnxruntime
 
     speed: list[Row] = []
     agree: list[Row] = []
     for name in args.models:
-        s, a = measure_model(name, args.device, args.seconds, args.small, args.paired)
+        s, a = measure_model(name, args.device, args.seconds, args.small, args.paired, args.batching)
         speed, agree = speed + s, agree + a
         print(table(f"(so far) {name}", s), flush=True)
     where = f"{platform.node()}, onnxruntime {onnxruntime.__version__}, execution_device={args.device}"

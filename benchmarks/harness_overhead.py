@@ -46,10 +46,15 @@ def trivial_model(spec: ModelSpec) -> bytes:
 
 
 def bare_offline(backend: OnnxBackend, inputs: list[np.ndarray], samples: int, concurrency: int) -> float:
-    """Samples per second of `samples` inferences, `concurrency` at a time."""
+    """Samples per second of `samples` samples, `concurrency` inferences at a time (of backend.batch_size each)."""
+    batch = backend.batch_size
+
     def run(count: int, offset: int) -> None:
-        for i in range(count):
-            backend.infer(inputs[(offset + i) % len(inputs)])
+        for i in range(0, count, batch):
+            if batch == 1:
+                backend.infer(inputs[(offset + i) % len(inputs)])
+            else:
+                backend.infer_batch([inputs[(offset + i + j) % len(inputs)] for j in range(min(batch, count - i))])
 
     share = samples // concurrency
     start = time.perf_counter()
@@ -75,7 +80,7 @@ def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list, scenario: str, 
     """One LoadGen PerformanceOnly test of exactly `samples` queries through the benchmark's SUT; with a
     meter, also the GPU's energy over the timed span (`energy`: odbench.energy.Energy or None)."""
     library = SampleLibrary(len(inputs), lambda i: inputs[i])
-    sut = DetectionSUT(backend, library, spec, workers=concurrency)
+    sut = DetectionSUT(backend, library, spec, workers=concurrency, batch_size=backend.batch_size)
     target = {"target_qps": 1e5} if scenario == "Offline" else {"target_latency_ms": 0.05}
     config = LoadGenConfig(scenario=scenario, mode="PerformanceOnly", count_override=samples, profile="quick",
                            buffer_size=len(inputs), **target)

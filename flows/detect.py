@@ -108,7 +108,9 @@ def detect(
         model_name: The detector: ssd_resnet34 (1200x1200), retinanet / retinanet_coco (800x800, the COCO
             fine-tune) or retinanet_openimages (its label space differs from COCO's).
         framework: The inference framework; this benchmark runs onnx models.
-        batch_size: Samples per inference; the official model files take 1.
+        batch_size: Samples per inference (1 to 64). The official model files take 1; the stand-ins
+            (model_url standin or standin-full) take batches (their post-processing loops over the batch).
+            Batches form within a query (Offline, MultiStream); cannot be combined with samples_on_device.
         verbosity: Log detail of the benchmark core: 0 warnings only, 1-2 progress, 3 debug.
         loadgen_dataset_size: N, the first N images of the annotation file (MLPerf's qsl_idx order).
         loadgen_buffer_size: LoadGen's performance sample count: samples held in memory for timed queries

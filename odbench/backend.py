@@ -11,11 +11,12 @@ import itertools
 import logging
 import os
 import threading
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, Sequence, get_args
 
 import numpy as np
 
 from odbench import bounds
+from odbench.batching import unbatch
 from odbench.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class Backend(Protocol):
         model input as `place` returned it."""
         ...
 
+    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`infer`'s answer for each input, from one inference of them all (needed only with batch_size > 1)."""
+        ...
+
 
 def _gpu_present() -> bool:
     return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
@@ -88,10 +93,13 @@ def _with_options(providers: list[str], prefer_nhwc: bool) -> list:
 
 class OnnxBackend:
     """onnxruntime sessions of one model (one by default; `sessions` > 1: each its own CUDA stream, each thread
-    that infers keeps one, taken in turn); reports the providers that actually run."""
+    that infers keeps one, taken in turn); reports the providers that actually run. With `batch_size` > 1 the
+    model is a batched one (odbench/batching.py): it takes up to that many inputs at once; a partial batch of
+    more than one runs padded to the full size (repeating its last input), so the accelerator only ever sees
+    batches of 1 and of batch_size, both primed before timing."""
 
     def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0,
-                 samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1):
+                 samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1, batch_size: int = 1):
         import onnxruntime as ort
 
         bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
@@ -116,6 +124,7 @@ class OnnxBackend:
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
         self.samples_on_device = samples_on_device
+        self.batch_size = batch_size
 
     def _check_provider(self, execution_device: str, wanted: list[str]) -> None:
         """An explicit device that could not load is an error; auto's fallback is logged."""
@@ -147,13 +156,28 @@ class OnnxBackend:
         return session
 
     def prime(self, x: Any) -> None:
-        """One inference on every session (each autotunes its cuDNN kernels at its first), for the warm-up."""
+        """One inference on every session at each batch size it will see (cuDNN autotunes each shape at its
+        first), for the warm-up."""
         for session in self._sessions:
             self._run(session, x)
+            if self.batch_size > 1:
+                self._run(session, np.concatenate([x] * self.batch_size))
 
     def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.batch_size > 1:
+            return self.infer_batch([x])[0]
         boxes, scores, labels = self._run(self._thread_session(), x)
         return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+
+    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each input's detections, from one inference over up to batch_size inputs ([1, ...] host arrays)."""
+        if not 0 < len(xs) <= self.batch_size:
+            raise ValueError(f"a batch of {len(xs)} inputs: this model takes 1 to {self.batch_size}")
+        if self.batch_size == 1:
+            return [self.infer(xs[0])]
+        full = list(xs) if len(xs) == 1 else [*xs, *[xs[-1]] * (self.batch_size - len(xs))]
+        batch = full[0] if len(full) == 1 else np.concatenate(full)
+        return unbatch(*self._run(self._thread_session(), batch), len(xs))
 
     def _run(self, session: Any, x: Any) -> list[np.ndarray]:
         """The outputs in self._outputs' order, for an array or a placed input (bound where it lies)."""

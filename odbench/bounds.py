@@ -23,6 +23,7 @@ LoadGen will generate) a ceiling; an error names the parameter, its value and th
 | loadgen_multistreamness | whole number 1 to 1,024 | MultiStream samples per query |
 | loadgen_concurrency | whole number 1 to 64 | SUT worker threads, one inference each |
 | onnx_sessions | whole number 1 to 16 | sessions of the model, each with its weights on the device |
+| batch_size | whole number 1 to 64 | samples per inference, concatenated in host memory |
 | cpu_threads | whole number 0 (onnxruntime's default) to the machine's CPU count | one thread each |
 | (derived) samples LoadGen generates in PerformanceOnly | at most 10,000,000 | see `planned_samples` |
 
@@ -115,6 +116,7 @@ def bounds() -> dict[str, Bound]:
         "loadgen_multistreamness": Bound(1, 1024, integer=True, unit=" samples per query"),
         "loadgen_concurrency": Bound(1, 64, integer=True, unit=" inferences in flight"),
         "onnx_sessions": Bound(1, 16, integer=True, unit=" sessions"),
+        "batch_size": Bound(1, 64, integer=True, unit=" samples per inference"),
         "cpu_threads": Bound(0, max_cpu_threads(), integer=True, high_note=cpu_note),
     }
 

@@ -10,7 +10,7 @@ samples (after the warm-up, so no engine build is timed) measure this SUT, and t
 |---|---|---|---|
 | Offline | loadgen_target_qps | 1.5 × measured throughput | too low ends before min duration |
 | SingleStream | loadgen_target_latency | the fastest latency | too high runs out of queries |
-| MultiStream | loadgen_target_latency | fastest × samples per query / concurrency | as SingleStream |
+| MultiStream | loadgen_target_latency | fastest × inferences per query / concurrency | as SingleStream |
 | Server | loadgen_target_qps | 0.5 × measured throughput | a load this SUT sustains |
 
 (Erring on the other side only lengthens the run or generates more queries than it uses.) The pass runs
@@ -79,12 +79,13 @@ class Measurement:
 
     latencies_s: list[float]
     throughput: float
+    batch: int = 1  # samples per inference
 
 
 def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int = CALIBRATION_SAMPLES,
-            concurrency: int = 1, max_s: float = CALIBRATION_MAX_S) -> Measurement:
-    """Up to `samples` inferences (at least 2 per worker) on loaded samples (cycled), `concurrency` at a time;
-    each worker stops starting new ones once `max_s` has passed."""
+            concurrency: int = 1, max_s: float = CALIBRATION_MAX_S, batch: int = 1) -> Measurement:
+    """Up to `samples` inferences (at least 2 per worker) of `batch` loaded samples each (cycled), `concurrency`
+    at a time; each worker stops starting new ones once `max_s` has passed."""
     samples = max(samples, 2 * concurrency)
     inputs = [load(i) for i in range(min(samples, count))]
     latencies: list[float] = []
@@ -99,14 +100,17 @@ def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
                     return
                 latencies.append(float("nan"))
             t0 = time.perf_counter()
-            backend.infer(inputs[slot % len(inputs)])
+            if batch > 1:
+                backend.infer_batch([inputs[(slot + i) % len(inputs)] for i in range(batch)])
+            else:
+                backend.infer(inputs[slot % len(inputs)])
             latencies[slot] = time.perf_counter() - t0
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="calibration") as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
     wall = time.perf_counter() - start
-    return Measurement(latencies, len(latencies) / wall)
+    return Measurement(latencies, len(latencies) * batch / wall, batch)
 
 
 def derive(config: LoadGenConfig, measured: Measurement, concurrency: int) -> Calibration:
@@ -115,8 +119,9 @@ def derive(config: LoadGenConfig, measured: Measurement, concurrency: int) -> Ca
     median, fastest = statistics.median(latencies), min(latencies)
     facts = dict(samples=len(latencies), median_latency_ms=round(median * 1000, 3),
                  fastest_latency_ms=round(fastest * 1000, 3))
-    seen = (f"{len(latencies)} inferences, {concurrency} in flight: {measured.throughput:.4g} samples/s, median "
-            f"{median * 1000:.3f} ms, fastest {fastest * 1000:.3f} ms")
+    batched = f" of {measured.batch} samples" if measured.batch > 1 else ""
+    seen = (f"{len(latencies)} inferences{batched}, {concurrency} in flight: {measured.throughput:.4g} samples/s, "
+            f"median {median * 1000:.3f} ms, fastest {fastest * 1000:.3f} ms")
     if config.scenario in ("Offline", "Server"):
         share = OFFLINE_HEADROOM if config.scenario == "Offline" else SERVER_LOAD
         setting, value, how = "loadgen_target_qps", share * measured.throughput, f"{share} × measured throughput"
@@ -124,8 +129,9 @@ def derive(config: LoadGenConfig, measured: Measurement, concurrency: int) -> Ca
         setting, value, how = "loadgen_target_latency", fastest * 1000, "fastest latency"
     else:
         per_query = config.samples_per_query or OFFICIAL_SAMPLES_PER_QUERY
-        setting, value = "loadgen_target_latency", fastest * 1000 * per_query / concurrency
-        how = f"fastest latency × {per_query} samples per query / {concurrency} in flight"
+        steps = -(-per_query // measured.batch)  # inferences per query
+        setting, value = "loadgen_target_latency", fastest * 1000 * steps / concurrency
+        how = f"fastest latency × {steps} inferences per query / {concurrency} in flight"
     value, clamp = _allowed(config, setting, float(f"{value:.4g}"))
     return Calibration(setting, value, f"{how} ({seen}){clamp}", **facts)
 
@@ -154,6 +160,8 @@ def calibrate(config: LoadGenConfig, backend: Backend, load: Callable[[int], np.
     """The config to run, with its missing target measured and set; unchanged (None) when none is missing."""
     if missing_target(config) is None:
         return config, None
-    calibration = derive(config, measure(backend, load, count, concurrency=concurrency), concurrency)
+    # batches form within a query: Offline's and MultiStream's many-sample queries run batched, the rest alone
+    batch = getattr(backend, "batch_size", 1) if config.scenario in ("Offline", "MultiStream") else 1
+    calibration = derive(config, measure(backend, load, count, concurrency=concurrency, batch=batch), concurrency)
     log.info("calibrated %s = %g (%s)", calibration.setting, calibration.value, calibration.basis)
     return apply(config, calibration.value, calibration.setting), calibration

@@ -25,7 +25,8 @@ def device_input(sample: np.ndarray) -> np.ndarray:
 
 
 def with_normalization(model: bytes | str, spec: ModelSpec, sample_dtype: str) -> bytes:
-    """The model with a prefix taking `sample_dtype` [1,R,R,3] under the model's own input name."""
+    """The model with a prefix taking `sample_dtype` [B,R,R,3] under the model's own input name (B: the model's
+    batch dimension, 1 for the official files)."""
     if sample_dtype not in _ONNX_DTYPES:
         raise ValueError(f"normalization on the device takes uint8 or float32 samples, not {sample_dtype}")
     proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(model)
@@ -36,7 +37,9 @@ def with_normalization(model: bytes | str, spec: ModelSpec, sample_dtype: str) -
     original = next(i for i in graph.input if i.name == name)
     graph.input.remove(original)
     side = spec.resolution
-    graph.input.insert(0, helper.make_tensor_value_info(name, _ONNX_DTYPES[sample_dtype], [1, side, side, 3]))
+    first = original.type.tensor_type.shape.dim[0]  # 1, or a batched model's symbolic batch (odbench/batching.py)
+    batch = first.dim_param or first.dim_value or 1
+    graph.input.insert(0, helper.make_tensor_value_info(name, _ONNX_DTYPES[sample_dtype], [batch, side, side, 3]))
     nodes, constants = _prefix_nodes(name, inner, spec)
     graph.initializer.extend(constants)
     for position, node in enumerate(nodes):

@@ -1,10 +1,11 @@
-"""The model a session runs: the stored model at the run's precision, with the normalization prefix if asked.
+"""The model a session runs: the stored model at the run's precision, batched and normalized on the device if asked.
 
 An fp16 model is converted once (odbench/precision.py) and stored like any model, at its content path beside
 the fp32 file; a small record `models/<name>/<fp32 md5>/fp16-<converter digest>.json` holds its md5, so a later
 run finds it without converting again (a new converter is a new record). The record is checked like everything
 read from storage: only a 32-digit md5 is taken from it, the path is derived, and the file must match the md5.
-The normalization prefix (odbench/input_prefix.py) is graph surgery on the inputs only, built in memory.
+The batched graph (odbench/batching.py) and the normalization prefix (odbench/input_prefix.py) are graph surgery,
+built in memory at each run (a second or two, even for the full-size stand-ins).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import re
 from dataclasses import replace
 
+from odbench.batching import batched
 from odbench.fetch import content_path, store_bytes
 from odbench.input_prefix import with_normalization
 from odbench.model_store import StoredModel, check_stored, model_bytes, model_data
@@ -78,8 +80,10 @@ def at_precision(model: StoredModel, storage: Storage, precision: str) -> Stored
 
 
 def session_model(model: StoredModel, storage: Storage, spec: ModelSpec, normalize_on_device: bool,
-                  sample_dtype: str) -> bytes | str:
-    """What onnxruntime loads: the verified model file (a path or bytes), with the normalization prefix taking
-    `sample_dtype` samples when normalize_on_device."""
+                  sample_dtype: str, batch_size: int = 1) -> bytes | str:
+    """What onnxruntime loads: the verified model file (a path or bytes); batched (odbench/batching.py) when
+    batch_size > 1; with the normalization prefix taking `sample_dtype` samples when normalize_on_device."""
     source = model_bytes(model, storage)
+    if batch_size > 1:
+        source = batched(source, spec)
     return with_normalization(source, spec, sample_dtype) if normalize_on_device else source

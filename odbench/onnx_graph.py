@@ -6,9 +6,11 @@ follow those reads too, or the model stops loading (or computes with the wrong t
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import onnx
+
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -42,3 +44,17 @@ def rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
         for sub in subgraphs(node):
             if old in outer_reads(sub):
                 rename_reads(sub, old, new)
+
+
+def conv_trunk(nodes: Sequence[onnx.NodeProto]) -> set[int]:
+    """Indices of the Conv nodes and of every node they depend on: a detector's backbone, neck and heads (with
+    whatever feeds them), as opposed to the post-processing after the last convolutions."""
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    todo = [i for i, node in enumerate(nodes) if node.op_type in CONV_OPS]
+    trunk: set[int] = set()
+    while todo:
+        i = todo.pop()
+        if i not in trunk:
+            trunk.add(i)
+            todo.extend(producer[name] for name in nodes[i].input if name in producer)
+    return trunk

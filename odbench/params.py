@@ -30,7 +30,7 @@ ALIASES = {"loadgen_query_count": "loadgen_count_override", "loadgen_duration_s"
 class BenchmarkParams:
     model_name: ModelName = "ssd_resnet34"
     framework: Literal["onnx"] = "onnx"
-    batch_size: int = 1
+    batch_size: int = 1  # samples per inference: >1 only on the stand-ins (odbench/batching.py)
     verbosity: int = 2  # 0: warnings only, 1-2: progress, 3: debug
     loadgen_dataset_size: int = 20
     loadgen_buffer_size: int | None = None  # None: the profile's (official 64, quick 8)
@@ -70,7 +70,7 @@ class BenchmarkParams:
         self.spec  # unknown model names list the known ones
         table = bounds.bounds()
         for name in ("verbosity", "loadgen_dataset_size", "cpu_threads", "loadgen_warmup_samples",
-                     "loadgen_concurrency", "onnx_sessions", *ALIASES):
+                     "loadgen_concurrency", "onnx_sessions", "batch_size", *ALIASES):
             bounds.check(name, getattr(self, name), table[name])
         self._check_aliases()
         self.loadgen_config  # scenario, mode, targets, counts and durations
@@ -126,9 +126,13 @@ class BenchmarkParams:
         """axs parameters whose other values this version cannot honour yet: say so, never ignore them."""
         if self.framework != "onnx":
             raise ValueError(f"framework={self.framework!r} is not supported: this benchmark runs onnx models")
-        if self.batch_size != 1:
-            raise ValueError(f"batch_size={self.batch_size} is not supported yet: the official model files take "
-                             "batch 1; use batch_size=1")
+        if self.batch_size > 1 and self.model_url not in STANDINS:
+            raise ValueError(f"batch_size={self.batch_size} needs a model that takes batches: the official "
+                             f"{self.spec.name} file was exported with batch 1 (input {self.spec.input.describe()}); "
+                             "use batch_size=1, or measure batching on a stand-in (model_url=standin or standin-full)")
+        if self.batch_size > 1 and self.samples_on_device:
+            raise ValueError(f"batch_size={self.batch_size} with samples_on_device: batches are assembled in host "
+                             "memory, so samples cannot stay on the device; drop one of them")
 
     def _check_compliance(self) -> None:
         """A compliance test compares against a timed run: it needs PerformanceOnly or Submission."""

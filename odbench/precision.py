@@ -31,9 +31,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from odbench.backend import requested_providers  # imported first: it sets onnxruntime's telemetry off
 from odbench.models import ModelSpec
-from odbench.onnx_graph import node_reads, outer_reads, rename_reads, subgraphs
+from odbench.onnx_graph import CONV_OPS, conv_trunk, node_reads, outer_reads, rename_reads, subgraphs
 
-CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 HALF_TYPE = "tensor(float16)"
 MATCH_IOU = 0.9  # a reference detection is reproduced by a test detection of the same label at this IoU or more
@@ -55,19 +54,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     for info in (*graph.input, *graph.output, *graph.value_info):
         types[info.name] = info.type.tensor_type.elem_type
     return types
-
-
-def _conv_trunk(nodes: Sequence[onnx.NodeProto]) -> set[int]:
-    """Indices of the Conv nodes and of every node they depend on."""
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    todo = [i for i, node in enumerate(nodes) if node.op_type in CONV_OPS]
-    trunk: set[int] = set()
-    while todo:
-        i = todo.pop()
-        if i not in trunk:
-            trunk.add(i)
-            todo.extend(producer[name] for name in nodes[i].input if name in producer)
-    return trunk
 
 
 def _half_positions(node: onnx.NodeProto, opset: int, types: dict[str, int]) -> tuple[set[int], set[int]] | None:
@@ -198,7 +184,7 @@ def to_fp16(model: bytes) -> bytes:
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     types = _elem_types(proto)
-    plan = {i: pos for i in _conv_trunk(graph.node)
+    plan = {i: pos for i in conv_trunk(graph.node)
             if (pos := _half_positions(graph.node[i], opset, types)) is not None}
     if not any(graph.node[i].op_type in CONV_OPS for i in plan):
         raise ValueError("the graph has no Conv that can run in float16: nothing to convert")
@@ -225,7 +211,7 @@ def head_outputs(model: bytes) -> list[str]:
     outputs, before any TopK, threshold or NMS, so two precisions' tensors line up element by element."""
     proto = onnx.load_model_from_string(model)
     graph, types = proto.graph, _elem_types(proto)
-    trunk = _conv_trunk(graph.node)
+    trunk = conv_trunk(graph.node)
     read_outside = {n for i, node in enumerate(graph.node) if i not in trunk for n in node.input}
     read_outside |= {o.name for o in graph.output}
     return [out for i in sorted(trunk) for out in graph.node[i].output

@@ -35,9 +35,9 @@ def problems_text(result: BenchmarkResult) -> str:
 
 
 def warmup_text(result: BenchmarkResult) -> str:
-    """`8 inferences in 0.412 s (untimed)`, or `none`."""
+    """`8 samples in 0.412 s (untimed)`, or `none`."""
     samples = int(result.warmup.get("samples", 0))
-    return f"{samples} inferences in {result.warmup.get('seconds', 0.0):.3f} s (untimed)" if samples else "none"
+    return f"{samples} samples in {result.warmup.get('seconds', 0.0):.3f} s (untimed)" if samples else "none"
 
 
 def calibration_text(result: BenchmarkResult) -> str:

@@ -197,7 +197,8 @@ def _retinanet_features(g: GraphBuilder, image: str, resolution: int) -> list[st
     """Normalize and resize as GeneralizedRCNNTransform, ResNeXt50-32x4d, FPN: the five maps P3..P7."""
     x = g.op("Div", g.op("Sub", image, g.const(np.reshape(RETINA_MEAN, (1, 3, 1, 1)))),
              g.const(np.reshape(RETINA_STD, (1, 3, 1, 1))))
-    x = g.op("Resize", x, "", "", g.const([1, 3, resolution, resolution], np.int64), mode="linear")
+    sizes = g.op("Concat", g.op("Shape", x, start=0, end=2), g.const([resolution, resolution], np.int64), axis=0)
+    x = g.op("Resize", x, "", "", sizes, mode="linear")  # batch and channels kept: any batch size
     x, ch = ob.resnet_stem(g, x), 64
     stages = []
     for i, (width, out_ch, blocks, stride) in enumerate(RETINA_STAGES):

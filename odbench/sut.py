@@ -7,8 +7,9 @@ The SUT's threading contract, the same under every scenario:
   hands each sample to a worker pool and returns at once, so Server arrivals are never delayed.
 - `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task;
   a larger one (Offline, MultiStream) is split into runs of consecutive samples (`_chunks`: at most CHUNK_MAX, at
-  least CHUNKS_PER_WORKER runs per worker), each run inferred one sample after another by one worker. Several
-  samples (of one query, or several Server queries) are in flight at once when workers > 1.
+  least CHUNKS_PER_WORKER runs per worker, whole batches), each run inferred one sample (or, with batch_size > 1,
+  one batch) after another by one worker. Several inferences (of one query, or several Server queries) are in
+  flight at once when workers > 1. Batches form within a query only: a one-sample query runs alone.
 - A run's samples are answered together by one `QuerySamplesComplete` call from the worker that ran them, so the
   thread hand-off and LoadGen's completion call are paid per run, not per sample; their response buffers are
   kept alive until the call returns (LoadGen copies them before returning).
@@ -98,25 +99,28 @@ CHUNK_MAX = 64  # samples one worker runs before answering them together (Offlin
 CHUNKS_PER_WORKER = 4  # a query splits into at least this many tasks per worker, so workers finish together
 
 
-def _chunks(count: int, workers: int) -> list[slice]:
+def _chunks(count: int, workers: int, batch: int = 1) -> list[slice]:
     """A query's samples in consecutive runs for the workers: a single sample alone (SingleStream, Server); larger
-    queries (Offline, MultiStream) in runs of up to CHUNK_MAX, so the per-task and per-answer overhead (thread
-    hand-off, LoadGen's completion call) is paid per run, not per sample."""
+    queries (Offline, MultiStream) in runs of up to CHUNK_MAX (whole batches), so the per-task and per-answer
+    overhead (thread hand-off, LoadGen's completion call) is paid per run, not per sample."""
     size = max(1, min(CHUNK_MAX, -(-count // (workers * CHUNKS_PER_WORKER))))
+    size = -(-size // batch) * batch
     return [slice(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 class DetectionSUT:
-    """LoadGen's SUT: each query sample becomes one inference on a worker thread, its outputs checked
-    (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
+    """LoadGen's SUT: query samples become inferences (one each, or batch_size together) on worker threads, their
+    outputs checked (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
 
-    def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1):
+    def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1,
+                 batch_size: int = 1):
         self.backend, self.library, self.spec, self.workers = backend, library, spec, workers
+        self.batch_size = batch_size
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut")
         self.errors: list[BaseException] = []
         self.outputs = OutputTally()
         self._lock = threading.Lock()
-        self.completed = 0  # inferences run (a failed one included)
+        self.completed = 0  # samples run (failed ones included)
         self.busy_s = 0.0  # wall time during which at least one inference was running (inferring, encoding)
         self._busy_since = 0.0
         self.stopping = False  # a plain flag: set from a signal handler
@@ -138,7 +142,7 @@ class DetectionSUT:
             self.first_issued_at = self.first_issued_at or time.perf_counter()
         done = 0
         try:
-            for chunk in _chunks(len(samples), self.workers):
+            for chunk in _chunks(len(samples), self.workers, self.batch_size):
                 if self.stopping:
                     self._complete_empty([s.id for s in samples[done:]])
                     return
@@ -152,27 +156,27 @@ class DetectionSUT:
         """Nothing to flush: no sample is ever held back (see the module docstring)."""
 
     def _run_chunk(self, items: list[tuple[int, int]]) -> None:
-        """Samples (LoadGen's id, qsl_idx) on one worker thread, one after another, answered together."""
+        """Samples (LoadGen's id, qsl_idx) on one worker thread, a sample or a batch at a time, answered together."""
         self._begin()
         answers: list[tuple[int, np.ndarray]] = []
-        ran = 0
         try:
-            for sample_id, qsl_idx in items:
+            for start in range(0, len(items), self.batch_size):
                 if self.stopping:  # the rest of the run is answered empty, at once
                     break
-                answers.append((sample_id, self._detect_or_record(qsl_idx)))
-                ran += 1
+                group = items[start:start + self.batch_size]
+                answers += zip([sample_id for sample_id, _ in group], self._detect_or_record([i for _, i in group]))
         finally:
             self._complete(answers + [(sample_id, _NO_ROWS) for sample_id, _ in items[len(answers):]])
-            self._end(ran)
+            self._end(len(answers))
 
-    def _detect_or_record(self, qsl_idx: int) -> np.ndarray:
-        """The sample's rows, or none (its error recorded: the run fails afterwards; LoadGen still gets an answer)."""
+    def _detect_or_record(self, qsl_idxs: list[int]) -> list[np.ndarray]:
+        """Each sample's rows, or none for all (the error recorded: the run fails afterwards; LoadGen still gets
+        an answer)."""
         try:
-            return self._detect(qsl_idx)
+            return self._detect(qsl_idxs)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
-            return _NO_ROWS
+            return [_NO_ROWS] * len(qsl_idxs)
 
     def _begin(self) -> None:
         with self._lock:
@@ -188,12 +192,18 @@ class DetectionSUT:
             if self.in_flight == 0:
                 self.busy_s += time.perf_counter() - self._busy_since
 
-    def _detect(self, qsl_idx: int) -> np.ndarray:
-        """One sample's checked detections as accuracy-log rows."""
-        boxes, scores, labels = self.backend.infer(self.library[qsl_idx])
-        checked = check_outputs(boxes, scores, labels, self.spec)
-        self.outputs.add(qsl_idx, checked.problems)
-        return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)
+    def _detect(self, qsl_idxs: list[int]) -> list[np.ndarray]:
+        """The samples' checked detections as accuracy-log rows, from one inference (a batch, or one sample)."""
+        if len(qsl_idxs) == 1:
+            outputs = [self.backend.infer(self.library[qsl_idxs[0]])]
+        else:
+            outputs = self.backend.infer_batch([self.library[i] for i in qsl_idxs])
+        rows = []
+        for qsl_idx, (boxes, scores, labels) in zip(qsl_idxs, outputs, strict=True):
+            checked = check_outputs(boxes, scores, labels, self.spec)
+            self.outputs.add(qsl_idx, checked.problems)
+            rows.append(encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec))
+        return rows
 
     def _complete(self, answers: list[tuple[int, np.ndarray]]) -> None:
         """Answer samples (id, rows) in one call; each `rows` stays alive (contiguous) until LoadGen has copied it.
@@ -265,21 +275,25 @@ class Warmup:
 
 def warm_up(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int,
             max_s: float = WARMUP_MAX_S) -> Warmup:
-    """Run up to `samples` inferences on the first samples of the dataset (cycled when it has fewer),
-    outside LoadGen's timing, so a short test does not time cuDNN autotuning or an engine build. The
-    first inference always runs; later ones stop once `max_s` has passed. 0 samples: no warm-up."""
+    """Run inferences of up to `samples` samples (whole batches) on the first samples of the dataset (cycled when
+    it has fewer), outside LoadGen's timing, so a short test does not time cuDNN autotuning or an engine build.
+    The first inference always runs; later ones stop once `max_s` has passed. 0 samples: no warm-up."""
     if samples <= 0 or count <= 0:
         return Warmup()
     inputs = [load(i) for i in range(min(samples, count))]  # loaded (and normalized) before timing starts
     start = time.perf_counter()
     if prime := getattr(backend, "prime", None):  # a backend of several sessions: each one's first inference
         prime(inputs[0])
+    batch = getattr(backend, "batch_size", 1)  # a batched backend warms up on whole batches
     done = 0
     while done < samples:
-        backend.infer(inputs[done % len(inputs)])
-        done += 1
+        if batch > 1:
+            backend.infer_batch([inputs[(done + i) % len(inputs)] for i in range(batch)])
+        else:
+            backend.infer(inputs[done % len(inputs)])
+        done += batch
         if time.perf_counter() - start >= max_s:
             break
     seconds = round(time.perf_counter() - start, 3)
-    log.info("warm-up: %d inference(s) in %.3f s before the timed test (untimed)", done, seconds)
+    log.info("warm-up: %d sample(s) in %.3f s before the timed test (untimed)", done, seconds)
     return Warmup(done, seconds)

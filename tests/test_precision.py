@@ -14,12 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from odbench.models import MODELS, ModelSpec
+from odbench.onnx_graph import CONV_OPS, conv_trunk
 from odbench.precision import (
     AGREEMENT_LIMITS,
-    CONV_OPS,
     Agreement,
     NoNmsError,
-    _conv_trunk,
     _elem_types,
     agreement,
     expose_pre_nms,
@@ -75,7 +74,7 @@ def _check_structure(original: bytes, converted: bytes) -> None:
     assert len(names) == len(set(names))
     produced = Counter(o for n in after.graph.node for o in n.output) + Counter(t.name for t in after.graph.initializer)
     assert max(produced.values()) == 1
-    types, trunk = _elem_types(after), _conv_trunk(after.graph.node)
+    types, trunk = _elem_types(after), conv_trunk(after.graph.node)
     for i, node in enumerate(after.graph.node):
         float_types = {types[n] for n in (*node.input, *node.output) if types.get(n) in FLOATS}
         if node.op_type in CONV_OPS:
@@ -135,7 +134,7 @@ def test_float16_py_breaks_where_to_fp16_does_not() -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = _toy()
-    blocked = [n.name for i, n in enumerate(model.graph.node) if i not in _conv_trunk(model.graph.node)]
+    blocked = [n.name for i, n in enumerate(model.graph.node) if i not in conv_trunk(model.graph.node)]
     broken = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
     duplicates = [name for name, n in Counter(n.name for n in broken.graph.node).items() if n > 1]
     assert sorted(duplicates) == ["graph_input_cast_0_cast_to_fp32_node", "y_cast_to_fp32_node"]

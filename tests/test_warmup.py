@@ -72,10 +72,10 @@ def test_performance_run_warms_up_before_loadgens_first_query(synthetic_dir, war
     assert tracker.at_first_query == 10
     assert tracker.infers == 10 + tracker.queries  # LoadGen's own queries come on top, none of them warm-up
     assert stored["warmup"] == result.warmup
-    assert "warm-up      10 inferences in" in terminal_summary(result)
-    assert {"metric": "warmup", "value": f"10 inferences in {result.warmup['seconds']:.3f} s (untimed)"} \
+    assert "warm-up      10 samples in" in terminal_summary(result)
+    assert {"metric": "warmup", "value": f"10 samples in {result.warmup['seconds']:.3f} s (untimed)"} \
         in metrics_rows(result)
-    assert "| warmup | 10 inferences in" in summary_markdown(result)
+    assert "| warmup | 10 samples in" in summary_markdown(result)
 
 
 def test_the_default_warms_up_with_8_samples(synthetic_dir, warm_storage, monkeypatch):

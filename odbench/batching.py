@@ -1,0 +1,151 @@
+"""Batches for the stand-ins: a batch-1 detector graph rewritten to take [B, ...] and answer [B, D, ...].
+
+The convolutional trunk (every Conv and what it depends on: `onnx_graph.conv_trunk`) is left as it is and runs on
+the whole batch: that is where the FLOPs are. The post-processing (decoding, TopK, NMS) has data-dependent shapes
+and is written for one image, so it moves, unchanged, into the body of a Loop over the batch: iteration i slices
+image i out of every tensor the trunk hands over and runs the original nodes on it. Each image's detections are
+padded to the model's `max_detections` (D) so the Loop can stack them: outputs are boxes [B, D, 4], scores [B, D]
+and labels [B, D]; padding rows have label PAD_LABEL, score 0 and box 0, and `unbatch` drops them. Per image the
+answer is the batch-1 graph's (tests/test_batching.py compares them).
+
+This works for graphs whose trunk ignores the batch size, as the stand-ins' do. The official files were exported
+with batch 1, so the benchmark refuses batch_size > 1 for them (odbench/params.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from odbench.models import ModelSpec, TensorSpec
+from odbench.onnx_graph import conv_trunk, node_reads, rename_reads
+
+PAD_LABEL = -1  # the label of a padding row (no detection)
+BATCH_DIM = "batch"
+PREFIX = "odbench_batch"  # names of the nodes and tensors this module adds start with this
+_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+
+
+class BatchingError(ValueError):
+    pass
+
+
+def batched(model: bytes | str, spec: ModelSpec) -> bytes:
+    """`model` (a batch-1 graph with `spec`'s contract) taking a batch of any size: see the module docstring."""
+    proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    graph = proto.graph
+    trunk = conv_trunk(graph.node)
+    if not trunk:
+        raise BatchingError(f"graph {graph.name!r} has no convolutions: nothing to batch")
+    post = [node for i, node in enumerate(graph.node) if i not in trunk]
+    handed_over = {out for i in trunk for out in graph.node[i].output} | {spec.input.name}
+    reads = [name for node in post for name in sorted(node_reads(node))]
+    boundary = [name for name in dict.fromkeys(reads) if name in handed_over]
+    constants: list[onnx.TensorProto] = []
+    body = _loop_body(post, boundary, spec, constants)
+    trunk_nodes = [node for i, node in enumerate(graph.node) if i in trunk]
+    count = f"{PREFIX}/count"
+    first = _const(constants, "zero", np.array(0, np.int64))
+    outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
+    loop_nodes = [
+        helper.make_node("Shape", [spec.input.name], [f"{PREFIX}/input_shape"], name=f"{PREFIX}/Shape"),
+        helper.make_node("Gather", [f"{PREFIX}/input_shape", first], [count], name=f"{PREFIX}/Gather", axis=0),
+        helper.make_node("Loop", [count, ""], outputs, name=f"{PREFIX}/Loop", body=body),
+    ]
+    declared = {o.name: o for o in graph.output}
+    new_outputs = [_declare(t, spec, batch=True) for t in _by_name(spec, [o.name for o in graph.output])]
+    for name in set(declared) - set(outputs):
+        raise BatchingError(f"graph output {name!r} is not one of the spec's detections: cannot batch it")
+    del graph.node[:]
+    graph.node.extend(trunk_nodes + loop_nodes)
+    del graph.value_info[:]  # shapes inferred for batch 1, some now inside the loop
+    graph.initializer.extend(constants)
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    _batch_input(graph, spec.input.name)
+    return proto.SerializeToString()
+
+
+def _loop_body(post: list[onnx.NodeProto], boundary: list[str], spec: ModelSpec,
+               constants: list[onnx.TensorProto]) -> onnx.GraphProto:
+    """The Loop body: slice image i of each boundary tensor, run the post-processing, pad its detections."""
+    index, cond = f"{PREFIX}/i", f"{PREFIX}/cond"
+    body = helper.make_graph(list(post), f"{PREFIX}/per_image",
+                             [helper.make_tensor_value_info(index, onnx.TensorProto.INT64, []),
+                              helper.make_tensor_value_info(cond, onnx.TensorProto.BOOL, [])], [])
+    axis0 = _const(constants, "axis0", np.array([0], np.int64))
+    start, stop = f"{PREFIX}/start", f"{PREFIX}/stop"
+    head = [helper.make_node("Unsqueeze", [index, axis0], [start], name=f"{PREFIX}/Unsqueeze"),
+            helper.make_node("Add", [start, _const(constants, "one", np.array([1], np.int64))], [stop],
+                             name=f"{PREFIX}/Add")]
+    for n, name in enumerate(boundary):
+        image = f"{PREFIX}/image{n}"
+        rename_reads(body, name, image)
+        head.append(helper.make_node("Slice", [name, start, stop, axis0], [image], name=f"{PREFIX}/Slice{n}"))
+    for position, node in enumerate(head):
+        body.node.insert(position, node)
+    body.node.append(helper.make_node("Identity", [cond], [f"{PREFIX}/cond_out"], name=f"{PREFIX}/cond_out"))
+    body.output.append(helper.make_tensor_value_info(f"{PREFIX}/cond_out", onnx.TensorProto.BOOL, []))
+    for tensor in (spec.boxes, spec.scores, spec.labels):
+        body.node.extend(_padded(tensor, [4] if tensor is spec.boxes else [], spec.max_detections, constants))
+        body.output.append(_declare(tensor, spec, batch=False, name=f"{PREFIX}/padded/{tensor.name}"))
+    return body
+
+
+def _padded(tensor: TensorSpec, trailing: list[int], rows: int,
+            constants: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """Nodes reshaping one image's output to [K, *trailing] and padding it to [rows, ...] (PAD_LABEL, or 0)."""
+    base = f"{PREFIX}/{tensor.name}"
+    dtype = np.int64 if tensor.dtype == "int64" else np.float32
+    fill = _const(constants, f"fill/{tensor.name}", np.array(PAD_LABEL if dtype is np.int64 else 0, dtype))
+    shape = _const(constants, f"rows/{tensor.name}", np.array([-1, *trailing], np.int64))
+    wanted = _const(constants, "rows", np.array([rows], np.int64))
+    begins = _const(constants, f"zeros{len(trailing) + 1}", np.zeros(len(trailing) + 1, np.int64))
+    ends = _const(constants, f"zeros{len(trailing)}", np.zeros(len(trailing), np.int64))
+    nodes = [("Reshape", [tensor.name, shape], "flat", {}),
+             ("Shape", ["flat"], "count", {"start": 0, "end": 1}),
+             ("Sub", [wanted, "count"], "missing", {}),
+             ("Concat", [begins, "missing", ends], "pads", {"axis": 0}),  # [begins..., ends...]
+             ("Pad", ["flat", "pads", fill], "padded", {})]
+    local = {label: f"{base}/{label}" for _, _, label, _ in nodes}
+    local["padded"] = f"{PREFIX}/padded/{tensor.name}"
+    return [helper.make_node(op, [local.get(i, i) for i in inputs], [local[out]], name=local[out], **attrs)
+            for op, inputs, out, attrs in nodes]
+
+
+def _declare(tensor: TensorSpec, spec: ModelSpec, batch: bool, name: str | None = None) -> onnx.ValueInfoProto:
+    """An output's declaration: [D, 4] or [D] per image; with `batch`, [batch, D, ...]."""
+    trailing = [4] if tensor is spec.boxes else []
+    dims = ([BATCH_DIM] if batch else []) + [spec.max_detections, *trailing]
+    return helper.make_tensor_value_info(name or tensor.name, _ONNX_TYPES[tensor.dtype], dims)
+
+
+def _by_name(spec: ModelSpec, names: list[str]) -> list[TensorSpec]:
+    tensors = {t.name: t for t in (spec.boxes, spec.scores, spec.labels)}
+    return [tensors[n] for n in names if n in tensors]
+
+
+def _batch_input(graph: onnx.GraphProto, name: str) -> None:
+    """The model input's first dimension becomes the symbolic batch dimension."""
+    dim = next(i for i in graph.input if i.name == name).type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_param = BATCH_DIM
+
+
+def _const(constants: list[onnx.TensorProto], label: str, value: np.ndarray) -> str:
+    """A named constant (one per label), kept in the outer graph and read by the loop body."""
+    name = f"{PREFIX}/{label}"
+    if all(c.name != name for c in constants):
+        constants.append(numpy_helper.from_array(value, name))
+    return name
+
+
+def unbatch(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+            count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A batched model's outputs as `count` images' (boxes [K, 4], scores [K], labels [K]), padding rows dropped."""
+    answers = []
+    for i in range(count):
+        keep = labels[i] != PAD_LABEL
+        answers.append((boxes[i][keep], scores[i][keep], labels[i][keep]))
+    return answers
