@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +27,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from odbench.batching import batched  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
 from odbench.precision import head_outputs, to_fp16  # noqa: E402
 from odbench.standin_full import build_full_standin, probe_input  # noqa: E402
@@ -51,9 +53,22 @@ def trunk(model: bytes) -> bytes:
     return extractor.extract_model(inputs, head_outputs(model)).SerializeToString()
 
 
+def any_batch(model: bytes) -> bytes:
+    """A batch-1 graph whose first input and output dimensions become symbolic (a trunk runs on any batch)."""
+    proto = onnx.load_model_from_string(model)
+    for info in (*proto.graph.input, *proto.graph.output):
+        dim = info.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "batch"
+    del proto.graph.value_info[:]
+    return proto.SerializeToString()
+
+
 def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float,
-                     provider: str = "CUDAExecutionProvider") -> str:
-    """Mean ms of sequential inferences for about `seconds` with `provider` first, or onnxruntime's refusal."""
+                     provider: str = "CUDAExecutionProvider", per: int = 1, on_device: bool = False) -> str:
+    """Mean ms of sequential inferences (divided by `per`: ms per sample of a batch) for about `seconds` with
+    `provider` first, or onnxruntime's refusal; `on_device`: input and outputs stay in GPU memory (IO binding), so
+    no transfer is timed."""
     import onnxruntime as ort
 
     ort.preload_dlls()
@@ -64,16 +79,44 @@ def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, secon
             (provider, options), *[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p != provider]])
         if session.get_providers()[0] != provider:
             return f"refused: {provider} could not load (its libraries are missing)"
-        feed = {session.get_inputs()[0].name: x}
+        run = _device_run(session, x) if on_device else partial(session.run, None, {session.get_inputs()[0].name: x})
         for _ in range(WARMUP):
-            session.run(None, feed)
+            run()
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            session.run(None, feed)
+            run()
             count += 1
-        return f"{(time.perf_counter() - start) / count * 1000:.2f}"
+        return f"{(time.perf_counter() - start) / count / per * 1000:.2f}"
     except Exception as err:  # noqa: BLE001 — a refused setting is a finding, reported in the table
         return f"refused: {str(err).splitlines()[0][:160]}"
+
+
+def _device_run(session, x: np.ndarray):
+    """A call running the session on `x` copied to the GPU once, its outputs left in GPU memory."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda")
+    return partial(session.run_with_iobinding, binding)
+
+
+def batch_rows(name: str, seconds: float, batches: list[int]) -> Iterator[tuple[str, str, str]]:
+    """ms per sample at each batch size, fp16 with NHWC, input and outputs in GPU memory: the trunk alone (the
+    ceiling batching can reach) and the whole batched model (odbench/batching.py: the trunk on the batch, the
+    post-processing looped per image)."""
+    spec = get_spec(name)
+    fp32 = build_full_standin(spec)
+    fp16, core, nhwc = to_fp16(fp32), any_batch(to_fp16(trunk(fp32))), SETTINGS["prefer_nhwc=1"]
+    for size in batches:
+        x = np.concatenate([probe_input(spec)] * size)
+        yield name, f"trunk only, fp16, NHWC, batch {size}, per sample", ms_per_inference(
+            core, nhwc, x, seconds, per=size, on_device=True)
+        yield name, f"whole model batched, fp16, NHWC, batch {size}, per sample", ms_per_inference(
+            batched(fp16, spec), nhwc, x, seconds, per=size, on_device=True)
+    yield name, "whole model unbatched, fp16, NHWC, per sample", ms_per_inference(
+        fp16, nhwc, probe_input(spec), seconds, on_device=True)
 
 
 def rows(name: str, seconds: float, tensorrt: bool = False) -> Iterator[tuple[str, str, str]]:
@@ -100,13 +143,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["retinanet_coco", "ssd_resnet34"])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--tensorrt", action="store_true", help="also the TensorRT provider at fp16 (builds an engine)")
+    parser.add_argument("--batches", type=int, nargs="+", metavar="B",
+                        help="only ms per sample at these batch sizes (trunk alone, whole batched model), fp16 NHWC")
     args = parser.parse_args()
     import onnxruntime
 
     lines = [f"ms per inference, one at a time (onnxruntime {onnxruntime.__version__}, CUDAExecutionProvider)",
              "| model | graph, setting | ms |", "|---|---|---|"]
     for name in args.models:
-        for model, setting, ms in rows(name, args.seconds, args.tensorrt):
+        found = (batch_rows(name, args.seconds, args.batches) if args.batches
+                 else rows(name, args.seconds, args.tensorrt))
+        for model, setting, ms in found:
             lines.append(f"| {model} | {setting} | {ms} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))

@@ -80,7 +80,9 @@ BEST_ON_SESSIONS = replace(BEST, label="best options, 4 sessions x 1 thread", on
 BATCH_BEST = Variant("batched best: fp16, NHWC, uint8 normalized on device", "fp16", True, False, 1, True)
 BATCH_VARIANTS = (Variant("batch_size=8", batch_size=8),
                   *(replace(BATCH_BEST, label=f"{BATCH_BEST.label}, batch {b}, {c} in flight", batch_size=b,
-                            loadgen_concurrency=c) for b, c in ((4, 2), (8, 2), (8, 4), (16, 2))))
+                            loadgen_concurrency=c) for b, c in ((4, 2), (8, 2), (8, 4), (16, 2))),
+                  replace(BATCH_BEST, label=f"{BATCH_BEST.label}, batch 8, 4 in flight on onnx_sessions=4",
+                          batch_size=8, loadgen_concurrency=4, onnx_sessions=4))
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
 
 

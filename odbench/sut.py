@@ -5,14 +5,15 @@ The SUT's threading contract, the same under every scenario:
   sample, the next once it is answered; MultiStream: one query of N samples, the next once all are answered;
   Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not). It only
   hands each sample to a worker pool and returns at once, so Server arrivals are never delayed.
-- `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task;
-  a larger one (Offline, MultiStream) is split into runs of consecutive samples (`_chunks`: at most CHUNK_MAX, at
-  least CHUNKS_PER_WORKER runs per worker, whole batches), each run inferred one sample (or, with batch_size > 1,
-  one batch) after another by one worker. Several inferences (of one query, or several Server queries) are in
-  flight at once when workers > 1. Batches form within a query only: a one-sample query runs alone.
-- A run's samples are answered together by one `QuerySamplesComplete` call from the worker that ran them, so the
-  thread hand-off and LoadGen's completion call are paid per run, not per sample; their response buffers are
-  kept alive until the call returns (LoadGen copies them before returning).
+- `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task,
+  answered as soon as it is inferred. A larger query (Offline, MultiStream) becomes a shared queue (`_Work`) that
+  up to `workers` tasks drain, each taking the next sample (or, with batch_size > 1, the next batch of
+  consecutive samples) whenever it is free, so all workers finish within one inference of each other. Several
+  inferences (of one query, or several Server queries) are in flight at once when workers > 1. Batches form
+  within a query only: a one-sample query runs alone.
+- A draining worker answers its samples together, with one `QuerySamplesComplete` call per ANSWER_EVERY samples
+  and one when the queue is empty, so the completion call is paid per run of samples, not per sample; response
+  buffers are kept alive until the call returns (LoadGen copies them before returning).
 - Every sample is answered exactly once, whatever happens: a failed inference is recorded in `errors` and
   answered empty (the run then fails with that error, see odbench/harness.py); after `request_stop` every
   outstanding and later sample is answered empty at once. Nothing raises into LoadGen's C++ threads (an
@@ -95,17 +96,33 @@ class SampleLibrary:
         return self._samples[idx]
 
 
-CHUNK_MAX = 64  # samples one worker runs before answering them together (Offline's one query of every sample)
-CHUNKS_PER_WORKER = 4  # a query splits into at least this many tasks per worker, so workers finish together
+ANSWER_EVERY = 64  # samples a draining worker answers together (Offline's one query of every sample)
+Item = tuple[int, int]  # (LoadGen's sample id, qsl_idx)
 
 
-def _chunks(count: int, workers: int, batch: int = 1) -> list[slice]:
-    """A query's samples in consecutive runs for the workers: a single sample alone (SingleStream, Server); larger
-    queries (Offline, MultiStream) in runs of up to CHUNK_MAX (whole batches), so the per-task and per-answer
-    overhead (thread hand-off, LoadGen's completion call) is paid per run, not per sample."""
-    size = max(1, min(CHUNK_MAX, -(-count // (workers * CHUNKS_PER_WORKER))))
-    size = -(-size // batch) * batch
-    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+class _Work:
+    """One query's samples, handed out a group (a sample, or a batch of consecutive ones) at a time to whichever
+    worker asks; thread-safe."""
+
+    def __init__(self, items: list[Item], group: int):
+        self._items, self._group, self._next = items, group, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> list[Item]:
+        """The next group, or [] once every sample has been handed out."""
+        with self._lock:
+            start, self._next = self._next, min(self._next + self._group, len(self._items))
+            return self._items[start:self._next]
+
+    def rest(self) -> list[Item]:
+        """Every sample not handed out yet (when stopping: answered empty by the caller)."""
+        with self._lock:
+            start, self._next = self._next, len(self._items)
+            return self._items[start:]
+
+    def empty(self) -> bool:
+        with self._lock:
+            return self._next >= len(self._items)
 
 
 class DetectionSUT:
@@ -136,44 +153,49 @@ class DetectionSUT:
         self.stopping = self.library.stopping = True
 
     def issue_queries(self, samples) -> None:
-        """LoadGen's issue callback (its issue thread): each sample to the worker pool, none held back."""
+        """LoadGen's issue callback (its issue thread): the query to the worker pool, none of it held back."""
         with self._lock:
             self.issued += len(samples)
             self.first_issued_at = self.first_issued_at or time.perf_counter()
-        done = 0
+        work = _Work([(s.id, s.index) for s in samples], self.batch_size)
         try:
-            for chunk in _chunks(len(samples), self.workers, self.batch_size):
-                if self.stopping:
-                    self._complete_empty([s.id for s in samples[done:]])
-                    return
-                self.pool.submit(self._run_chunk, [(s.id, s.index) for s in samples[chunk]])
-                done = chunk.stop
+            if self.stopping:
+                self._complete_empty([sample_id for sample_id, _ in work.rest()])
+                return
+            for _ in range(min(self.workers, -(-len(samples) // self.batch_size))):
+                self.pool.submit(self._drain, work)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
-            self._complete_empty([s.id for s in samples[done:]])
+            self._complete_empty([sample_id for sample_id, _ in work.rest()])
 
     def flush_queries(self) -> None:
         """Nothing to flush: no sample is ever held back (see the module docstring)."""
 
-    def _run_chunk(self, items: list[tuple[int, int]]) -> None:
-        """Samples (LoadGen's id, qsl_idx) on one worker thread, a sample or a batch at a time, answered together."""
+    def _drain(self, work: _Work) -> None:
+        """On a worker thread: infer the query's next group until none is left, answering every ANSWER_EVERY
+        samples and once the queue is empty; when stopping, the rest is answered empty at once."""
         self._begin()
         answers: list[tuple[int, np.ndarray]] = []
+        ran = 0
         try:
-            for start in range(0, len(items), self.batch_size):
-                if self.stopping:  # the rest of the run is answered empty, at once
+            while group := work.take():
+                if self.stopping:
+                    answers += [(sample_id, _NO_ROWS) for sample_id, _ in group + work.rest()]
                     break
-                group = items[start:start + self.batch_size]
                 answers += zip([sample_id for sample_id, _ in group], self._detect_or_record([i for _, i in group]))
+                ran += len(group)
+                if len(answers) >= ANSWER_EVERY or work.empty():
+                    done, answers = answers, []  # taken first: never answered twice, whatever happens in the call
+                    self._complete(done)
         finally:
-            self._complete(answers + [(sample_id, _NO_ROWS) for sample_id, _ in items[len(answers):]])
-            self._end(len(answers))
+            self._complete(answers)
+            self._end(ran)
 
     def _detect_or_record(self, qsl_idxs: list[int]) -> list[np.ndarray]:
         """Each sample's rows, or none for all (the error recorded: the run fails afterwards; LoadGen still gets
         an answer)."""
         try:
-            return self._detect(qsl_idxs)
+            return self._detect_group(qsl_idxs)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
             return [_NO_ROWS] * len(qsl_idxs)
@@ -192,22 +214,28 @@ class DetectionSUT:
             if self.in_flight == 0:
                 self.busy_s += time.perf_counter() - self._busy_since
 
-    def _detect(self, qsl_idxs: list[int]) -> list[np.ndarray]:
-        """The samples' checked detections as accuracy-log rows, from one inference (a batch, or one sample)."""
+    def _detect_group(self, qsl_idxs: list[int]) -> list[np.ndarray]:
+        """The samples' accuracy-log rows: a single sample through `_detect`, several from one batched inference."""
         if len(qsl_idxs) == 1:
-            outputs = [self.backend.infer(self.library[qsl_idxs[0]])]
-        else:
-            outputs = self.backend.infer_batch([self.library[i] for i in qsl_idxs])
-        rows = []
-        for qsl_idx, (boxes, scores, labels) in zip(qsl_idxs, outputs, strict=True):
-            checked = check_outputs(boxes, scores, labels, self.spec)
-            self.outputs.add(qsl_idx, checked.problems)
-            rows.append(encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec))
-        return rows
+            return [self._detect(qsl_idxs[0])]
+        outputs = self.backend.infer_batch([self.library[i] for i in qsl_idxs])
+        return [self._rows(i, found) for i, found in zip(qsl_idxs, outputs, strict=True)]
+
+    def _detect(self, qsl_idx: int) -> np.ndarray:
+        """One sample's checked detections as accuracy-log rows."""
+        return self._rows(qsl_idx, self.backend.infer(self.library[qsl_idx]))
+
+    def _rows(self, qsl_idx: int, found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """A sample's (boxes, scores, labels) checked (odbench/output_checks.py) and encoded as accuracy-log rows."""
+        checked = check_outputs(*found, self.spec)
+        self.outputs.add(qsl_idx, checked.problems)
+        return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)
 
     def _complete(self, answers: list[tuple[int, np.ndarray]]) -> None:
         """Answer samples (id, rows) in one call; each `rows` stays alive (contiguous) until LoadGen has copied it.
         A sample whose response cannot be built is answered empty."""
+        if not answers:
+            return
         import mlperf_loadgen as lg
 
         kept, responses, failed = [], [], []

@@ -23,7 +23,7 @@ from odbench.preprocess import to_model_input
 from odbench.standin import build_standin
 from odbench.standin_full import build_full_standin, probe_image
 from odbench.storage import Storage
-from odbench.sut import _chunks
+from odbench.sut import _Work
 
 N = 7  # images in the LoadGen runs: batches of 3 leave a partial one
 MIN_FP16_SHARE = 0.9  # of the unbatched fp16 model's detections reproduced (tests/test_precision.py: 0.98 vs fp32)
@@ -147,12 +147,12 @@ def test_a_timed_run_calibrates_and_warms_up_on_whole_batches(synthetic_dir, tmp
     assert result.warmup["samples"] == 8 and result.samples_per_second > 0 and result.batch_size == 4
 
 
-def test_chunks_hold_whole_batches() -> None:
-    """Offline's one query splits into runs of whole batches (the last may be partial); one sample stays alone."""
-    for count, workers, batch in ((100, 2, 8), (7, 2, 3), (64, 1, 5), (1, 4, 8)):
-        runs = _chunks(count, workers, batch)
-        assert sum(r.stop - r.start for r in runs) == count
-        assert all((r.stop - r.start) % batch == 0 for r in runs[:-1])
+def test_a_query_is_handed_out_in_whole_batches_each_sample_once() -> None:
+    """A query's queue hands out consecutive groups of the batch size (the last may be partial), and `rest` takes
+    whatever is left, so every sample goes to exactly one worker."""
+    work = _Work([(i, i) for i in range(10)], 4)
+    assert [len(work.take()) for _ in range(2)] == [4, 4] and not work.empty()
+    assert work.rest() == [(8, 8), (9, 9)] and work.empty() and work.take() == []
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

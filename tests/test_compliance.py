@@ -72,12 +72,12 @@ class TopOnlyOnRepeatsSUT(DetectionSUT):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.answered: set[int] = set()
+        self.seen: set[int] = set()  # not `answered`: the SUT counts its answers under that name
 
     def _detect(self, qsl_idx: int) -> np.ndarray:
         rows = super()._detect(qsl_idx)
-        repeat = qsl_idx in self.answered
-        self.answered.add(qsl_idx)
+        repeat = qsl_idx in self.seen
+        self.seen.add(qsl_idx)
         return rows[:1] if repeat else rows
 
 
