@@ -36,12 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
 from odbench.backend import OnnxBackend  # noqa: E402
-from odbench.batching import batched  # noqa: E402
 from odbench.energy import Energy, EnergyMeter  # noqa: E402
-from odbench.input_prefix import device_input, with_normalization  # noqa: E402
+from odbench.input_prefix import device_input  # noqa: E402
+from odbench.model_variants import prepare  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
 from odbench.precision import agreement, to_fp16  # noqa: E402
 from odbench.preprocess import to_model_input  # noqa: E402
+from odbench.split_model import SplitModel  # noqa: E402
 from odbench.standin import build_standin  # noqa: E402
 from odbench.standin_full import PROBE_SEED, probe_image  # noqa: E402
 
@@ -62,6 +63,7 @@ class Variant:
     prefer_nhwc: bool = False
     onnx_sessions: int = 1
     batch_size: int = 1
+    postprocess_on_cpu: bool = False
 
 
 NONE = Variant("no option")
@@ -80,9 +82,13 @@ BEST_ON_SESSIONS = replace(BEST, label="best options, 4 sessions x 1 thread", on
 BATCH_BEST = Variant("batched best: fp16, NHWC, uint8 normalized on device", "fp16", True, False, 1, True)
 BATCH_VARIANTS = (Variant("batch_size=8", batch_size=8),
                   *(replace(BATCH_BEST, label=f"{BATCH_BEST.label}, batch {b}, {c} in flight", batch_size=b,
-                            loadgen_concurrency=c) for b, c in ((4, 2), (8, 2), (8, 4), (16, 2))),
-                  replace(BATCH_BEST, label=f"{BATCH_BEST.label}, batch 8, 4 in flight on onnx_sessions=4",
-                          batch_size=8, loadgen_concurrency=4, onnx_sessions=4))
+                            loadgen_concurrency=c) for b, c in ((8, 2), (8, 4))))
+# the post-processing on the CPU (odbench/split_model.py): unbatched with samples on the device, or batched
+SPLIT_VARIANTS = (*(replace(BEST, label=f"best, post-processing on the CPU, {c} in flight", loadgen_concurrency=c,
+                            postprocess_on_cpu=True) for c in (4, 8)),
+                  *(replace(BATCH_BEST, label=f"{BATCH_BEST.label}, post-processing on the CPU, batch {b}, {c} in "
+                            "flight", batch_size=b, loadgen_concurrency=c, postprocess_on_cpu=True)
+                    for b, c in ((4, 4), (8, 4), (8, 8))))
 Row = tuple[str, str, str, str, str]  # model, variant, measure, value, ratio or note
 
 
@@ -106,12 +112,10 @@ class Setup:
         self.label = f"{spec.name} [{kind}, {len(fp32) / 1e6:.0f} MB, built in {time.perf_counter() - t0:.0f} s]"
         self.images = [probe_image(spec, PROBE_SEED + i) for i in range(DISTINCT_SAMPLES)]
 
-    def model(self, variant: Variant) -> bytes:
-        """As odbench/model_variants.py orders them: the precision's model, batched, normalization prefix."""
-        model = self.models[variant.model_precision]
-        if variant.batch_size > 1:
-            model = batched(model, self.spec)
-        return with_normalization(model, self.spec, "uint8") if variant.normalize_on_device else model
+    def model(self, variant: Variant) -> bytes | SplitModel:
+        """The precision's model prepared for the variant's options, as a run prepares it."""
+        return prepare(self.models[variant.model_precision], self.spec, variant.normalize_on_device, "uint8",
+                       variant.batch_size, variant.postprocess_on_cpu)
 
     def backend(self, variant: Variant) -> tuple[OnnxBackend, list]:
         """A session for the variant, warmed up, and the images as that variant's samples."""
@@ -221,9 +225,9 @@ def measure_model(name: str, device: str, seconds: float, small: bool, paired: i
         return paired_rows(setup, NONE, paired, seconds) + paired_rows(setup, BEST, paired, seconds), []
     if batching:
         rows = bare_rows(setup, NONE, seconds)
-        for variant in (BEST, *BATCH_VARIANTS):
+        for variant in (BEST, *BATCH_VARIANTS, *SPLIT_VARIANTS):
             rows += harness_rows(setup, variant, seconds)
-        return rows + paired_rows(setup, BATCH_VARIANTS[2], paired or 2, seconds), []
+        return rows + paired_rows(setup, SPLIT_VARIANTS[-1], paired or 2, seconds), []
     speed = bare_rows(setup, NONE, seconds) + bare_rows(setup, BEST, seconds)
     speed += bare_rows(setup, BEST_ON_SESSIONS, seconds)
     for variant in VARIANTS:
@@ -256,7 +260,8 @@ def main() -> None:
                         help="only the harness-vs-bare ratios at equal options (no option; best), alternated ROUNDS "
                              "times")
     parser.add_argument("--batching", action="store_true",
-                        help="only the batch sizes (bare fp32 loop, best unbatched, batched variants, one paired)")
+                        help="only batching and postprocess_on_cpu (bare fp32 loop, best unbatched, their variants, "
+                             "one paired)")
     args = parser.parse_args()
     import onnxruntime
 

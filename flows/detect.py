@@ -90,6 +90,7 @@ def detect(
     samples_on_device: bool = D.samples_on_device,
     prefer_nhwc: bool = D.prefer_nhwc,
     onnx_sessions: int = D.onnx_sessions,
+    postprocess_on_cpu: bool = D.postprocess_on_cpu,
     execution_device: ExecutionDevice = D.execution_device,
     cpu_threads: int = D.cpu_threads,
     dataset_url: str | None = D.dataset_url,
@@ -161,6 +162,10 @@ def detect(
             kernels on an H200, docs/performance.md); no effect on the CPU provider.
         onnx_sessions: onnxruntime sessions of the model, each with its own CUDA stream; the SUT's workers
             (loadgen_concurrency) take them in turn. 1: all workers share one session.
+        postprocess_on_cpu: Run the convolutions on the accelerator and everything after them (decoding,
+            softmax, TopK, NMS) on the CPU, one thread per worker, overlapping the accelerator's next samples
+            (use loadgen_concurrency > 1). Same detections; helps where the post-processing idles the GPU
+            (SSD-ResNet34's per-class NMS on CUDA), docs/performance.md.
         execution_device: onnxruntime provider: "" or auto (CUDA when a GPU is present), cpu, cuda/gpu,
             tensorrt/trt. The result says which providers ran.
         cpu_threads: onnxruntime intra-op threads; 0 is onnxruntime's default.

@@ -18,6 +18,7 @@ import numpy as np
 from odbench import bounds
 from odbench.batching import unbatch
 from odbench.models import ModelSpec
+from odbench.split_model import SplitModel
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when the library loads: see the module docstring
@@ -96,10 +97,12 @@ class OnnxBackend:
     that infers keeps one, taken in turn); reports the providers that actually run. With `batch_size` > 1 the
     model is a batched one (odbench/batching.py): it takes up to that many inputs at once; a partial batch of
     more than one runs padded to the full size (repeating its last input), so the accelerator only ever sees
-    batches of 1 and of batch_size, both primed before timing."""
+    batches of 1 and of batch_size, both primed before timing. A `SplitModel` (odbench/split_model.py) runs its
+    trunk in these sessions and its post-processing in one CPU session, per image, on the calling thread."""
 
-    def __init__(self, model: bytes | str, spec: ModelSpec, execution_device: str = "", cpu_threads: int = 0,
-                 samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1, batch_size: int = 1):
+    def __init__(self, model: bytes | str | SplitModel, spec: ModelSpec, execution_device: str = "",
+                 cpu_threads: int = 0, samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1,
+                 batch_size: int = 1):
         import onnxruntime as ort
 
         bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
@@ -110,8 +113,11 @@ class OnnxBackend:
         options.intra_op_num_threads = cpu_threads
         options.log_severity_level = 3
         bounds.check("onnx_sessions", sessions)
-        self._sessions = [ort.InferenceSession(model, sess_options=options,
+        self._split = model if isinstance(model, SplitModel) else None
+        graph = self._split.trunk if self._split else model
+        self._sessions = [ort.InferenceSession(graph, sess_options=options,
                                                providers=_with_options(wanted, prefer_nhwc)) for _ in range(sessions)]
+        self._post = _cpu_session(self._split.post) if self._split else None
         self.session = self._sessions[0]
         self._local = threading.local()
         self._turns = itertools.count()  # next() is atomic: threads take the sessions in turn
@@ -119,7 +125,8 @@ class OnnxBackend:
         self._check_provider(execution_device, wanted)
         self.spec = spec
         # outputs are asked for by name: a graph that lists them in another order answers the same
-        self._outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
+        self._detections = [spec.boxes.name, spec.scores.name, spec.labels.name]
+        self._outputs = list(self._split.handed_over) if self._split else self._detections  # what the sessions give
         # where `place` keeps model inputs: the device of the first provider that runs (CPU memory on CPU)
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
@@ -166,8 +173,8 @@ class OnnxBackend:
     def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.batch_size > 1:
             return self.infer_batch([x])[0]
-        boxes, scores, labels = self._run(self._thread_session(), x)
-        return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+        outputs = self._run(self._thread_session(), x)
+        return _flat(self._post_process(outputs, x, 0) if self._split else outputs)
 
     def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each input's detections, from one inference over up to batch_size inputs ([1, ...] host arrays)."""
@@ -177,7 +184,17 @@ class OnnxBackend:
             return [self.infer(xs[0])]
         full = list(xs) if len(xs) == 1 else [*xs, *[xs[-1]] * (self.batch_size - len(xs))]
         batch = full[0] if len(full) == 1 else np.concatenate(full)
-        return unbatch(*self._run(self._thread_session(), batch), len(xs))
+        outputs = self._run(self._thread_session(), batch)
+        if self._split:
+            return [_flat(self._post_process(outputs, batch, i)) for i in range(len(xs))]
+        return unbatch(*outputs, len(xs))
+
+    def _post_process(self, maps: list[np.ndarray], x: Any, i: int) -> list[np.ndarray]:
+        """The split model's post-processing of image i of the trunk's outputs, on the CPU."""
+        feeds = {name: m[i:i + 1] for name, m in zip(self._outputs, maps)}
+        if self._split.reads_input:
+            feeds[self.spec.input.name] = (x if isinstance(x, np.ndarray) else x.numpy())[i:i + 1]
+        return self._post.run(self._detections, feeds)
 
     def _run(self, session: Any, x: Any) -> list[np.ndarray]:
         """The outputs in self._outputs' order, for an array or a placed input (bound where it lies)."""
@@ -189,3 +206,19 @@ class OnnxBackend:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def _flat(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's (boxes, scores, labels) as [K, 4], [K], [K], whatever leading dims the model gives them."""
+    boxes, scores, labels = outputs
+    return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+
+
+def _cpu_session(model: bytes) -> Any:
+    """A CPU session of one thread per run: the SUT's workers run several at once (loadgen_concurrency)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])

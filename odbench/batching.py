@@ -1,6 +1,6 @@
 """Batches for the stand-ins: a batch-1 detector graph rewritten to take [B, ...] and answer [B, D, ...].
 
-The convolutional trunk (every Conv and what it depends on: `onnx_graph.conv_trunk`) is left as it is and runs on
+The convolutional trunk (every Conv and what it depends on: `onnx_graph.partition`) is left as it is and runs on
 the whole batch: that is where the FLOPs are. The post-processing (decoding, TopK, NMS) has data-dependent shapes
 and is written for one image, so it moves, unchanged, into the body of a Loop over the batch: iteration i slices
 image i out of every tensor the trunk hands over and runs the original nodes on it. Each image's detections are
@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from odbench.models import ModelSpec, TensorSpec
-from odbench.onnx_graph import conv_trunk, node_reads, rename_reads
+from odbench.onnx_graph import partition, rename_reads
 
 PAD_LABEL = -1  # the label of a padding row (no detection)
 BATCH_DIM = "batch"
@@ -35,16 +35,11 @@ def batched(model: bytes | str, spec: ModelSpec) -> bytes:
     """`model` (a batch-1 graph with `spec`'s contract) taking a batch of any size: see the module docstring."""
     proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     graph = proto.graph
-    trunk = conv_trunk(graph.node)
-    if not trunk:
+    cut = partition(graph, spec.input.name)
+    if not cut.trunk:
         raise BatchingError(f"graph {graph.name!r} has no convolutions: nothing to batch")
-    post = [node for i, node in enumerate(graph.node) if i not in trunk]
-    handed_over = {out for i in trunk for out in graph.node[i].output} | {spec.input.name}
-    reads = [name for node in post for name in sorted(node_reads(node))]
-    boundary = [name for name in dict.fromkeys(reads) if name in handed_over]
     constants: list[onnx.TensorProto] = []
-    body = _loop_body(post, boundary, spec, constants)
-    trunk_nodes = [node for i, node in enumerate(graph.node) if i in trunk]
+    body = _loop_body(cut.post, cut.handed_over, spec, constants)
     count = f"{PREFIX}/count"
     first = _const(constants, "zero", np.array(0, np.int64))
     outputs = [spec.boxes.name, spec.scores.name, spec.labels.name]
@@ -58,12 +53,12 @@ def batched(model: bytes | str, spec: ModelSpec) -> bytes:
     for name in set(declared) - set(outputs):
         raise BatchingError(f"graph output {name!r} is not one of the spec's detections: cannot batch it")
     del graph.node[:]
-    graph.node.extend(trunk_nodes + loop_nodes)
+    graph.node.extend(cut.trunk + loop_nodes)
     del graph.value_info[:]  # shapes inferred for batch 1, some now inside the loop
     graph.initializer.extend(constants)
     del graph.output[:]
     graph.output.extend(new_outputs)
-    _batch_input(graph, spec.input.name)
+    batch_input(graph, spec.input.name)
     return proto.SerializeToString()
 
 
@@ -126,7 +121,7 @@ def _by_name(spec: ModelSpec, names: list[str]) -> list[TensorSpec]:
     return [tensors[n] for n in names if n in tensors]
 
 
-def _batch_input(graph: onnx.GraphProto, name: str) -> None:
+def batch_input(graph: onnx.GraphProto, name: str) -> None:
     """The model input's first dimension becomes the symbolic batch dimension."""
     dim = next(i for i in graph.input if i.name == name).type.tensor_type.shape.dim[0]
     dim.Clear()

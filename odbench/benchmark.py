@@ -121,6 +121,7 @@ class BenchmarkResult:
     prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout; False on the CPU provider
     onnx_sessions: int = 1  # onnxruntime sessions the SUT's workers shared
     batch_size: int = 1  # samples per inference (batching.py); batches form within a query
+    postprocess_on_cpu: bool = False  # the post-processing ran in a CPU session (split_model.py)
     energy: dict[str, Any] | None = None  # the GPU's energy during the timed test (energy.py); None: not measured
     precision_agreement: dict[str, Any] | None = None  # fp16 against fp32 on the run's first samples (precision.py)
     converted_model_md5: str | None = None  # md5 of the fp16 conversion that ran (model_md5 is the fetched file's)
@@ -247,7 +248,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
         normalize_on_device=params.normalize_on_device, samples_on_device=bench.backend.input_device != "cpu",
         prefer_nhwc=params.prefer_nhwc and bench.backend.on_gpu, onnx_sessions=params.onnx_sessions,
-        batch_size=params.batch_size,
+        batch_size=params.batch_size, postprocess_on_cpu=params.postprocess_on_cpu,
         energy=timed.energy.to_json() if timed.energy else None,
         precision_agreement=agreement.to_json() if agreement else None,
         converted_model_md5=bench.model.md5 if bench.model.md5 != model.md5 else None,
@@ -259,9 +260,11 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     spec, dtype = params.spec, params.preprocess_resize_dtype
     annotations = coco.parse_annotations(storage.read_bytes(manifest.annotations_rel))
     model = at_precision(model, storage, params.model_precision)
-    backend = OnnxBackend(session_model(model, storage, spec, params.normalize_on_device, dtype, params.batch_size),
-                          spec, params.execution_device, params.cpu_threads, samples_on_device=params.samples_on_device,
-                          prefer_nhwc=params.prefer_nhwc, sessions=params.onnx_sessions, batch_size=params.batch_size)
+    graph = session_model(model, storage, spec, params.normalize_on_device, dtype, params.batch_size,
+                          params.postprocess_on_cpu)
+    backend = OnnxBackend(graph, spec, params.execution_device, params.cpu_threads,
+                          samples_on_device=params.samples_on_device, prefer_nhwc=params.prefer_nhwc,
+                          sessions=params.onnx_sessions, batch_size=params.batch_size)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")

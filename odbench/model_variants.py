@@ -4,8 +4,9 @@ An fp16 model is converted once (odbench/precision.py) and stored like any model
 the fp32 file; a small record `models/<name>/<fp32 md5>/fp16-<converter digest>.json` holds its md5, so a later
 run finds it without converting again (a new converter is a new record). The record is checked like everything
 read from storage: only a 32-digit md5 is taken from it, the path is derived, and the file must match the md5.
-The batched graph (odbench/batching.py) and the normalization prefix (odbench/input_prefix.py) are graph surgery,
-built in memory at each run (a second or two, even for the full-size stand-ins).
+The batched graph (odbench/batching.py), the split into trunk and CPU post-processing (odbench/split_model.py) and
+the normalization prefix (odbench/input_prefix.py) are graph surgery, built in memory at each run (a second or two,
+even for the full-size stand-ins).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from odbench.fetch import content_path, store_bytes
 from odbench.input_prefix import with_normalization
 from odbench.model_store import StoredModel, check_stored, model_bytes, model_data
 from odbench.models import ModelSpec
+from odbench.split_model import SplitError, SplitModel, split
 from odbench.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,25 @@ def at_precision(model: StoredModel, storage: Storage, precision: str) -> Stored
 
 
 def session_model(model: StoredModel, storage: Storage, spec: ModelSpec, normalize_on_device: bool,
-                  sample_dtype: str, batch_size: int = 1) -> bytes | str:
-    """What onnxruntime loads: the verified model file (a path or bytes); batched (odbench/batching.py) when
-    batch_size > 1; with the normalization prefix taking `sample_dtype` samples when normalize_on_device."""
-    source = model_bytes(model, storage)
+                  sample_dtype: str, batch_size: int = 1, postprocess_on_cpu: bool = False) -> bytes | str | SplitModel:
+    """What onnxruntime loads: the verified model file (a path or bytes), `prepare`d."""
+    return prepare(model_bytes(model, storage), spec, normalize_on_device, sample_dtype, batch_size,
+                   postprocess_on_cpu)
+
+
+def prepare(source: bytes | str, spec: ModelSpec, normalize_on_device: bool, sample_dtype: str, batch_size: int = 1,
+            postprocess_on_cpu: bool = False) -> bytes | str | SplitModel:
+    """A model as the run's options want it: split at its convolutions (odbench/split_model.py) when
+    postprocess_on_cpu, else batched (odbench/batching.py) when batch_size > 1; with the normalization prefix
+    taking `sample_dtype` samples when normalize_on_device. Unchanged (a path stays a path) without options."""
+    if postprocess_on_cpu:
+        parts = split(source, spec, any_batch=batch_size > 1)
+        if normalize_on_device and parts.reads_input:
+            raise SplitError(f"{spec.name}'s post-processing reads the model input, which normalize_on_device "
+                             "replaces by the stored sample: drop one of them")
+        if normalize_on_device:
+            parts = replace(parts, trunk=with_normalization(parts.trunk, spec, sample_dtype))
+        return parts
     if batch_size > 1:
         source = batched(source, spec)
     return with_normalization(source, spec, sample_dtype) if normalize_on_device else source

@@ -6,6 +6,7 @@ follow those reads too, or the model stops loading (or computes with the wrong t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import onnx
@@ -58,3 +59,23 @@ def conv_trunk(nodes: Sequence[onnx.NodeProto]) -> set[int]:
             trunk.add(i)
             todo.extend(producer[name] for name in nodes[i].input if name in producer)
     return trunk
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A detector graph cut where its convolutions end: the trunk (every Conv and what it depends on), the
+    post-processing (every other node), and what crosses the cut."""
+
+    trunk: list[onnx.NodeProto]  # in graph order
+    post: list[onnx.NodeProto]  # in graph order
+    handed_over: list[str]  # tensors the post-processing reads from the trunk or the graph input, in read order
+
+
+def partition(graph: onnx.GraphProto, input_name: str) -> Partition:
+    """`graph` cut after its convolutions (`conv_trunk`); reads inside the post-processing's subgraphs count."""
+    trunk = conv_trunk(graph.node)
+    post = [node for i, node in enumerate(graph.node) if i not in trunk]
+    made = {out for i in trunk for out in graph.node[i].output} | {input_name}
+    reads = [name for node in post for name in sorted(node_reads(node))]
+    return Partition([node for i, node in enumerate(graph.node) if i in trunk], post,
+                     [name for name in dict.fromkeys(reads) if name in made])

@@ -56,6 +56,7 @@ class BenchmarkParams:
     samples_on_device: bool = False  # LoadGen's untimed load puts samples in accelerator memory (IO binding)
     prefer_nhwc: bool = False  # CUDA: convolutions in NHWC layout (onnxruntime's prefer_nhwc)
     onnx_sessions: int = 1  # onnxruntime sessions of the model (each its own CUDA stream), shared by the workers
+    postprocess_on_cpu: bool = False  # the convolutions on the accelerator, the rest (decode, TopK, NMS) on the CPU
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
     cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
@@ -80,7 +81,8 @@ class BenchmarkParams:
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
-        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device", "prefer_nhwc"):
+        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device", "prefer_nhwc",
+                     "postprocess_on_cpu"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not a boolean: use true or false")
         if self.model_precision not in PRECISIONS:
