@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, Sequence, get_args
 import numpy as np
 
 from odbench import bounds
-from odbench.batching import unbatch
+from odbench.batching import COUNTS, unbatch
 from odbench.models import ModelSpec
 from odbench.split_model import SplitModel
 
@@ -126,7 +126,9 @@ class OnnxBackend:
         self.spec = spec
         # outputs are asked for by name: a graph that lists them in another order answers the same
         self._detections = [spec.boxes.name, spec.scores.name, spec.labels.name]
-        self._outputs = list(self._split.handed_over) if self._split else self._detections  # what the sessions give
+        # what the sessions give: a split model's trunk outputs; a batched model's detections and their counts
+        self._outputs = (list(self._split.handed_over) if self._split
+                         else self._detections + ([COUNTS] if batch_size > 1 else []))
         # where `place` keeps model inputs: the device of the first provider that runs (CPU memory on CPU)
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
@@ -191,7 +193,8 @@ class OnnxBackend:
 
     def _post_process(self, maps: list[np.ndarray], x: Any, i: int) -> list[np.ndarray]:
         """The split model's post-processing of image i of the trunk's outputs, on the CPU."""
-        feeds = {name: m[i:i + 1] for name, m in zip(self._outputs, maps)}
+        per_image = len(self._split.per_image)
+        feeds = {name: m[i:i + 1] if n < per_image else m for n, (name, m) in enumerate(zip(self._outputs, maps))}
         if self._split.reads_input:
             feeds[self.spec.input.name] = (x if isinstance(x, np.ndarray) else x.numpy())[i:i + 1]
         return self._post.run(self._detections, feeds)

@@ -10,7 +10,7 @@ samples (after the warm-up, so no engine build is timed) measure this SUT, and t
 |---|---|---|---|
 | Offline | loadgen_target_qps | 1.5 × measured throughput | too low ends before min duration |
 | SingleStream | loadgen_target_latency | the fastest latency | too high runs out of queries |
-| MultiStream | loadgen_target_latency | fastest × inferences per query / concurrency | as SingleStream |
+| MultiStream | loadgen_target_latency | fastest × ⌈inferences per query / concurrency⌉ | as SingleStream |
 | Server | loadgen_target_qps | 0.5 × measured throughput | a load this SUT sustains |
 
 (Erring on the other side only lengthens the run or generates more queries than it uses.) The pass runs
@@ -129,9 +129,10 @@ def derive(config: LoadGenConfig, measured: Measurement, concurrency: int) -> Ca
         setting, value, how = "loadgen_target_latency", fastest * 1000, "fastest latency"
     else:
         per_query = config.samples_per_query or OFFICIAL_SAMPLES_PER_QUERY
-        steps = -(-per_query // measured.batch)  # inferences per query
-        setting, value = "loadgen_target_latency", fastest * 1000 * steps / concurrency
-        how = f"fastest latency × {steps} inferences per query / {concurrency} in flight"
+        steps = -(-per_query // measured.batch)  # inferences per query, run on at most `concurrency` workers at once
+        rounds = -(-steps // min(concurrency, steps))
+        setting, value = "loadgen_target_latency", fastest * 1000 * rounds
+        how = f"fastest latency × {rounds} (ceil of {steps} inferences per query / {concurrency} in flight)"
     value, clamp = _allowed(config, setting, float(f"{value:.4g}"))
     return Calibration(setting, value, f"{how} ({seen}){clamp}", **facts)
 

@@ -33,7 +33,19 @@ def converter_digest() -> str:
     """The fp16 converter's own source: a changed converter makes a new model."""
     from odbench import precision
 
-    return hashlib.md5(inspect.getsource(precision).encode()).hexdigest()[:12]
+    return _source_digest(precision)
+
+
+def rewriter_digest() -> str:
+    """The in-memory graph rewriters' source (batching, the split, the normalization prefix, the graph cut they
+    share): a changed rewriter may change detections, so cached results keyed with it are not reused."""
+    from odbench import batching, input_prefix, onnx_graph, split_model
+
+    return _source_digest(batching, input_prefix, onnx_graph, split_model)
+
+
+def _source_digest(*modules) -> str:
+    return hashlib.md5("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:12]
 
 
 def _record_rel(model: StoredModel) -> str:

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from odbench.backend import requested_providers  # imported first: it sets onnxruntime's telemetry off
 from odbench.models import ModelSpec
-from odbench.onnx_graph import CONV_OPS, conv_trunk, node_reads, outer_reads, rename_reads, subgraphs
+from odbench.onnx_graph import CONV_OPS, conv_trunk, elem_types, node_reads, outer_reads, rename_reads, subgraphs
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 HALF_TYPE = "tensor(float16)"
@@ -44,16 +44,6 @@ class NoNmsError(ValueError):
 
 
 # -- fp16 conversion -------------------------------------------------------------------------------------------
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Every tensor's element type, from shape inference (0 where unknown)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for info in (*graph.input, *graph.output, *graph.value_info):
-        types[info.name] = info.type.tensor_type.elem_type
-    return types
 
 
 def _half_positions(node: onnx.NodeProto, opset: int, types: dict[str, int]) -> tuple[set[int], set[int]] | None:
@@ -183,7 +173,7 @@ def to_fp16(model: bytes) -> bytes:
     proto = onnx.load_model_from_string(model)
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    types = _elem_types(proto)
+    types = elem_types(proto)
     plan = {i: pos for i in conv_trunk(graph.node)
             if (pos := _half_positions(graph.node[i], opset, types)) is not None}
     if not any(graph.node[i].op_type in CONV_OPS for i in plan):
@@ -210,7 +200,7 @@ def head_outputs(model: bytes) -> list[str]:
     """The float tensors the Conv trunk hands to the post-processing (the head maps): a detector's dense pre-NMS
     outputs, before any TopK, threshold or NMS, so two precisions' tensors line up element by element."""
     proto = onnx.load_model_from_string(model)
-    graph, types = proto.graph, _elem_types(proto)
+    graph, types = proto.graph, elem_types(proto)
     trunk = conv_trunk(graph.node)
     read_outside = {n for i, node in enumerate(graph.node) if i not in trunk for n in node.input}
     read_outside |= {o.name for o in graph.output}

@@ -19,7 +19,7 @@ from onnx import helper
 
 from odbench.batching import batch_input
 from odbench.models import ModelSpec
-from odbench.onnx_graph import node_reads, partition
+from odbench.onnx_graph import elem_types, node_reads, partition
 
 
 class SplitError(ValueError):
@@ -32,8 +32,14 @@ class SplitModel:
 
     trunk: bytes
     post: bytes
-    handed_over: tuple[str, ...]  # the trunk's outputs, which the post-processing takes (the model input aside)
-    reads_input: bool  # whether the post-processing also reads the model input itself
+    per_image: tuple[str, ...]  # trunk outputs whose first dimension is the batch: each image gets its slice
+    shared: tuple[str, ...]  # trunk outputs that do not depend on the input: every image gets them whole
+    reads_input: bool  # whether the post-processing also reads the model input itself (its slice)
+
+    @property
+    def handed_over(self) -> tuple[str, ...]:
+        """The trunk's outputs, in the order its sessions give them."""
+        return self.per_image + self.shared
 
 
 def split(model: bytes | str, spec: ModelSpec, any_batch: bool = False) -> SplitModel:
@@ -43,8 +49,9 @@ def split(model: bytes | str, spec: ModelSpec, any_batch: bool = False) -> Split
     if not cut.trunk or not cut.post:
         raise SplitError(f"graph {proto.graph.name!r} has no convolutions followed by post-processing: nothing "
                          "to split; drop postprocess_on_cpu")
-    types = _elem_types(proto)
-    crossing = [name for name in cut.handed_over if name != spec.input.name]
+    types = elem_types(proto)
+    per_image = [name for name in cut.per_image if name != spec.input.name]
+    crossing = per_image + cut.shared
     model_input = next(i for i in proto.graph.input if i.name == spec.input.name)
     trunk = _subgraph(proto, cut.trunk, [model_input], [_declare(n, types) for n in crossing], "trunk")
     if any_batch:
@@ -52,12 +59,8 @@ def split(model: bytes | str, spec: ModelSpec, any_batch: bool = False) -> Split
     reads_input = spec.input.name in cut.handed_over
     post_inputs = [_declare(n, types) for n in crossing] + ([model_input] if reads_input else [])
     post = _subgraph(proto, cut.post, post_inputs, list(proto.graph.output), "post")
-    return SplitModel(trunk.SerializeToString(), post.SerializeToString(), tuple(crossing), reads_input)
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    return {info.name: info.type.tensor_type.elem_type for info in (*inferred.value_info, *inferred.output)}
+    return SplitModel(trunk.SerializeToString(), post.SerializeToString(), tuple(per_image), tuple(cut.shared),
+                      reads_input)
 
 
 def _declare(name: str, types: dict[str, int]) -> onnx.ValueInfoProto:

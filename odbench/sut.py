@@ -176,26 +176,31 @@ class DetectionSUT:
         samples and once the queue is empty; when stopping, the rest is answered empty at once."""
         self._begin()
         answers: list[tuple[int, np.ndarray]] = []
+        group: list[Item] = []
         ran = 0
         try:
             while group := work.take():
                 if self.stopping:
                     answers += [(sample_id, _NO_ROWS) for sample_id, _ in group + work.rest()]
+                    group = []
                     break
                 answers += zip([sample_id for sample_id, _ in group], self._detect_or_record([i for _, i in group]))
-                ran += len(group)
+                group, ran = [], ran + len(group)
                 if len(answers) >= ANSWER_EVERY or work.empty():
                     done, answers = answers, []  # taken first: never answered twice, whatever happens in the call
                     self._complete(done)
-        finally:
-            self._complete(answers)
+        finally:  # a group taken but not answered (something raised) is answered empty, never left to hang LoadGen
+            self._complete(answers + [(sample_id, _NO_ROWS) for sample_id, _ in group])
             self._end(ran)
 
     def _detect_or_record(self, qsl_idxs: list[int]) -> list[np.ndarray]:
         """Each sample's rows, or none for all (the error recorded: the run fails afterwards; LoadGen still gets
         an answer)."""
         try:
-            return self._detect_group(qsl_idxs)
+            rows = self._detect_group(qsl_idxs)
+            if len(rows) != len(qsl_idxs):
+                raise ValueError(f"{len(rows)} answers for {len(qsl_idxs)} samples")
+            return rows
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
             return [_NO_ROWS] * len(qsl_idxs)
@@ -215,7 +220,8 @@ class DetectionSUT:
                 self.busy_s += time.perf_counter() - self._busy_since
 
     def _detect_group(self, qsl_idxs: list[int]) -> list[np.ndarray]:
-        """The samples' accuracy-log rows: a single sample through `_detect`, several from one batched inference."""
+        """The samples' accuracy-log rows: a single sample through `_detect`, several from one batched inference
+        (which `_detect`, the per-sample hook subclasses override, does not see)."""
         if len(qsl_idxs) == 1:
             return [self._detect(qsl_idxs[0])]
         outputs = self.backend.infer_batch([self.library[i] for i in qsl_idxs])
@@ -292,7 +298,7 @@ WARMUP_MAX_S = 10.0  # a warm-up stops after this long (past its first inference
 
 @dataclass(frozen=True)
 class Warmup:
-    """An untimed warm-up before a timed test: inferences run, and how long they took in seconds."""
+    """An untimed warm-up before a timed test: samples inferred (whole batches), and how long it took in seconds."""
 
     samples: int = 0
     seconds: float = 0.0

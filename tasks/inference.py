@@ -27,7 +27,7 @@ from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
 from odbench.machine import accelerator
 from odbench.model_store import StoredModel
-from odbench.model_variants import converter_digest
+from odbench.model_variants import converter_digest, rewriter_digest
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
 from odbench.redact import redact_text, redact_url
@@ -46,7 +46,13 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
                      params.tolerate_bad_outputs, params.model_precision, params.normalize_on_device,
                      params.samples_on_device, params.prefer_nhwc, params.onnx_sessions, params.batch_size,
                      params.postprocess_on_cpu,
-                     converter_digest() if params.model_precision != "fp32" else None, _engine(params.execution_device))
+                     converter_digest() if params.model_precision != "fp32" else None,
+                     rewriter_digest() if _rewritten(params) else None, _engine(params.execution_device))
+
+
+def _rewritten(params: BenchmarkParams) -> bool:
+    """Whether the session runs a graph rewritten in memory (odbench/model_variants.py `prepare`)."""
+    return params.batch_size > 1 or params.postprocess_on_cpu or params.normalize_on_device
 
 
 def _engine(execution_device: str) -> tuple:

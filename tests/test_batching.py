@@ -12,7 +12,7 @@ import pytest
 
 from odbench.accuracy import decode_accuracy_log
 from odbench.backend import OnnxBackend
-from odbench.batching import PAD_LABEL, batched, unbatch
+from odbench.batching import COUNTS, PAD_LABEL, batched, unbatch
 from odbench.benchmark import run_benchmark
 from odbench.bounds import ParameterRangeError
 from odbench.input_prefix import device_input, with_normalization
@@ -52,15 +52,16 @@ def test_a_batched_stand_in_answers_each_image_as_the_batch_1_graph_does(spec: M
     xs = _inputs(spec, 3)
     expected = _one_by_one(model, spec, xs)
     session = ort.InferenceSession(batched(model, spec), providers=["CPUExecutionProvider"])
-    names = [spec.boxes.name, spec.scores.name, spec.labels.name]
+    names = [spec.boxes.name, spec.scores.name, spec.labels.name, COUNTS]
     for group in ([xs[0]], xs):
-        boxes, scores, labels = session.run(names, {spec.input.name: np.concatenate(group)})
+        boxes, scores, labels, counts = session.run(names, {spec.input.name: np.concatenate(group)})
         assert boxes.shape == (len(group), spec.max_detections, 4) and labels.shape == (len(group),
                                                                                        spec.max_detections)
-        for got, want in zip(unbatch(boxes, scores, labels, len(group)), expected):
+        assert counts.tolist() == [[len(want[1])] * 3 for want in expected[:len(group)]]
+        for got, want in zip(unbatch(boxes, scores, labels, counts, len(group)), expected):
             assert len(want[1]) > 10 and all(np.array_equal(g, w) for g, w in zip(got, want))
-        padding = labels == PAD_LABEL
-        assert np.all(scores[padding] == 0) and np.all(boxes[padding] == 0)
+        padding = np.arange(spec.max_detections)[None] >= counts[:, :1]
+        assert np.all(labels[padding] == PAD_LABEL) and np.all(scores[padding] == 0) and np.all(boxes[padding] == 0)
 
 
 def test_the_full_size_retinanet_batches_with_the_same_detections() -> None:
@@ -145,6 +146,17 @@ def test_a_timed_run_calibrates_and_warms_up_on_whole_batches(synthetic_dir, tmp
                                    loadgen_profile="quick", loadgen_warmup_samples=6), Storage(str(tmp_path / "s")))
     assert "inferences of 4 samples" in result.calibration["basis"]
     assert result.warmup["samples"] == 8 and result.samples_per_second > 0 and result.batch_size == 4
+
+
+def test_unbatching_cuts_each_image_to_its_own_counts() -> None:
+    """Padding goes by each image's counts, not by label: a real label -1 and unequal lengths reach the output
+    checks as at batch 1; an image with more rows than the graph carries fails the sample, saying why."""
+    boxes, scores = np.ones((2, 3, 4), np.float32), np.full((2, 3), 0.5, np.float32)
+    labels = np.array([[-1, 7, PAD_LABEL], [3, PAD_LABEL, PAD_LABEL]])
+    first, second = unbatch(boxes, scores, labels, np.array([[2, 3, 2], [1, 1, 1]]), 2)
+    assert first[2].tolist() == [-1, 7] and len(first[1]) == 3 and second[2].tolist() == [3]
+    with pytest.raises(ValueError, match="4 detections, more than the 3 its batched graph carries"):
+        unbatch(boxes, scores, labels, np.array([[4, 4, 4], [1, 1, 1]]), 2)
 
 
 def test_a_query_is_handed_out_in_whole_batches_each_sample_once() -> None:

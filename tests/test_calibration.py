@@ -81,6 +81,10 @@ def test_targets_follow_the_measured_pass_on_the_safe_side():
     assert server.value < measured.throughput < offline.value
     assert single.value == pytest.approx(min(latencies) * 1000, rel=1e-3)
     assert multi.value == pytest.approx(min(latencies) * 1000 * 4 / 2, rel=1e-3)
+    # batches of 8: a query of 8 is one inference, however many workers could run more
+    batched = derive(LoadGenConfig(scenario="MultiStream", mode="PerformanceOnly", samples_per_query=8),
+                     Measurement(latencies, measured.throughput, batch=8), concurrency=4)
+    assert batched.value == pytest.approx(min(latencies) * 1000, rel=1e-3)
     assert "throughput" in offline.basis and "fastest" in single.basis and "clamped" not in offline.basis
 
 

@@ -14,12 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from odbench.models import MODELS, ModelSpec
-from odbench.onnx_graph import CONV_OPS, conv_trunk
+from odbench.onnx_graph import CONV_OPS, conv_trunk, elem_types
 from odbench.precision import (
     AGREEMENT_LIMITS,
     Agreement,
     NoNmsError,
-    _elem_types,
     agreement,
     expose_pre_nms,
     head_outputs,
@@ -74,7 +73,7 @@ def _check_structure(original: bytes, converted: bytes) -> None:
     assert len(names) == len(set(names))
     produced = Counter(o for n in after.graph.node for o in n.output) + Counter(t.name for t in after.graph.initializer)
     assert max(produced.values()) == 1
-    types, trunk = _elem_types(after), conv_trunk(after.graph.node)
+    types, trunk = elem_types(after), conv_trunk(after.graph.node)
     for i, node in enumerate(after.graph.node):
         float_types = {types[n] for n in (*node.input, *node.output) if types.get(n) in FLOATS}
         if node.op_type in CONV_OPS:

@@ -3,6 +3,7 @@ batches, after fp16 conversion and behind the normalization prefix, on real onnx
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from onnx import helper
 
 from odbench.accuracy import decode_accuracy_log
 from odbench.backend import OnnxBackend
+from odbench.batching import batched
 from odbench.benchmark import run_benchmark
 from odbench.input_prefix import device_input, with_normalization
 from odbench.models import MODELS, ModelSpec, get_spec
+from odbench.onnx_graph import GraphCutError
 from odbench.params import BenchmarkParams
 from odbench.precision import reproduced, to_fp16
 from odbench.preprocess import to_model_input
@@ -72,8 +75,7 @@ def test_the_split_composes_with_fp16_and_the_normalization_prefix() -> None:
     spec = get_spec("retinanet_coco")
     fp16 = to_fp16(build_standin(spec))
     parts = split(fp16, spec)
-    halves = OnnxBackend(type(parts)(with_normalization(parts.trunk, spec, "uint8"), parts.post, parts.handed_over,
-                                     parts.reads_input), spec, "cpu")
+    halves = OnnxBackend(replace(parts, trunk=with_normalization(parts.trunk, spec, "uint8")), spec, "cpu")
     whole = OnnxBackend(with_normalization(fp16, spec, "uint8"), spec, "cpu")
     rng = np.random.default_rng(9)
     sample = device_input(rng.integers(0, 256, (spec.resolution, spec.resolution, 3), dtype=np.uint8))
@@ -93,6 +95,52 @@ def test_a_graph_without_post_processing_cannot_be_split() -> None:
     ort.InferenceSession(model.SerializeToString())  # a valid model
     with pytest.raises(SplitError, match="nothing to split; drop postprocess_on_cpu"):
         split(model.SerializeToString(), spec)
+
+
+def _crossing_graph(shared: str) -> bytes:
+    """A tiny detector whose convolution side computes a tensor the post-processing also reads: the input's
+    `Shape` (batch-dependent: the cut must refuse it) or a sum of two constants (the same for every image)."""
+    nodes = [helper.make_node("Shape", ["images"], ["s"]) if shared == "shape"
+             else helper.make_node("Add", ["one", "one"], ["s"]),
+             helper.make_node("Cast", ["s"], ["sf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Mul", ["images", "sf"], ["x"]) if shared == "const"
+             else helper.make_node("Reshape", ["images", "s"], ["x"]),
+             helper.make_node("Conv", ["x", "w"], ["f"]),
+             helper.make_node("Transpose", ["f"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "rows"], ["flat"]),
+             helper.make_node("ReduceMax", ["sf"], ["m"], keepdims=1),
+             helper.make_node("Mul", ["flat", "m"], ["boxes"]),
+             helper.make_node("ReduceMax", ["flat"], ["scores"], axes=[1], keepdims=0),
+             helper.make_node("ArgMax", ["flat"], ["labels"], axis=1, keepdims=0)]
+    weights = {"w": np.arange(12, dtype=np.float32).reshape(4, 3, 1, 1) / 10, "rows": np.array([-1, 4], np.int64),
+               "one": np.array([1], np.int64)}
+    graph = helper.make_graph(
+        nodes, "crossing", [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, None)],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_shape_crossing_the_cut_is_refused_and_a_constant_is_shared() -> None:
+    """A tensor made from the input's shape on the convolution side and read after it would be the batch's shape
+    in a batch, or one image's in a slice: the cut refuses it by name, for the split and for batching alike. A
+    tensor of constants crossing the cut reaches every image whole, and each answers as the whole model does."""
+    spec = get_spec("retinanet_coco")
+    with pytest.raises(GraphCutError, match="'s' crosses from the convolutions .* computed from the input's shape"):
+        split(_crossing_graph("shape"), spec)
+    with pytest.raises(GraphCutError, match="'s' crosses"):
+        batched(_crossing_graph("shape"), spec)
+    model = _crossing_graph("const")
+    parts = split(model, spec, any_batch=True)
+    assert parts.shared == ("sf",) and len(parts.per_image) == 1
+    xs = [np.random.default_rng(i).random((1, 3, 4, 4), np.float32) for i in range(3)]
+    whole = OnnxBackend(model, spec, "cpu")
+    expected = [whole.infer(x) for x in xs]
+    assert all(_same(g, w) for g, w in zip(OnnxBackend(parts, spec, "cpu", batch_size=3).infer_batch(xs), expected))
+    looped = OnnxBackend(batched(model, spec), spec, "cpu", batch_size=3)
+    assert all(_same(g, w) for g, w in zip(looped.infer_batch(xs), expected))
 
 
 def _params(synthetic_dir: Path, **overrides) -> BenchmarkParams:
