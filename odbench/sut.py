@@ -4,7 +4,7 @@ The SUT's threading contract, the same under every scenario:
 - LoadGen calls `issue_queries` on its issue thread (Offline: one query of every sample; SingleStream: one
   sample, the next once it is answered; MultiStream: one query of N samples, the next once all are answered;
   Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not). It only
-  hands each sample to a worker pool and returns at once, so Server arrivals are never delayed.
+  hands the query to a worker pool and returns at once, so Server arrivals are never delayed.
 - `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task,
   answered as soon as it is inferred. A larger query (Offline, MultiStream) becomes a shared queue (`_Work`) that
   up to `workers` tasks drain, each taking the next sample (or, with batch_size > 1, the next batch of
