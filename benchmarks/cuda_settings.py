@@ -4,7 +4,7 @@
 
 onnxruntime's profiler cannot split asynchronous GPU work per operator (docs/performance.md, section 9), so
 this times whole graphs with a bare loop instead: the model's convolutional trunk alone (every Conv and what
-feeds it, cut where the last convolutions end; onnx.utils.Extractor), the whole model, the whole model at
+feeds it, cut where the last convolutions end: odbench/split_model.py's trunk), the whole model, the whole model at
 fp16, the whole model under CUDA provider options (cuDNN algorithm search, TF32, NHWC layout, workspace), and
 the trunk captured as a CUDA graph (last: on the whole model, whose NMS output shapes depend on the data,
 onnxruntime 1.31.1 did not refuse the capture but died of an illegal memory access). The difference between
@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odbench.batching import batched  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
-from odbench.precision import head_outputs, to_fp16  # noqa: E402
+from odbench.precision import to_fp16  # noqa: E402
+from odbench.split_model import split  # noqa: E402
 from odbench.standin_full import build_full_standin, probe_input  # noqa: E402
 
 WARMUP = 10
@@ -42,26 +42,6 @@ SETTINGS: dict[str, dict[str, str]] = {  # CUDAExecutionProvider options; {} is 
     "cudnn_conv_use_max_workspace=0": {"cudnn_conv_use_max_workspace": "0"},
 }
 CUDA_GRAPH = {"enable_cuda_graph": "1"}
-
-
-def trunk(model: bytes) -> bytes:
-    """The sub-model of every convolution and what feeds it, ending at the tensors it hands to post-processing
-    (odbench/precision.py `head_outputs`, the same cut fp16 conversion makes)."""
-    proto = onnx.load_model_from_string(model)
-    inputs = [i.name for i in proto.graph.input]
-    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(proto))  # it needs every tensor's type
-    return extractor.extract_model(inputs, head_outputs(model)).SerializeToString()
-
-
-def any_batch(model: bytes) -> bytes:
-    """A batch-1 graph whose first input and output dimensions become symbolic (a trunk runs on any batch)."""
-    proto = onnx.load_model_from_string(model)
-    for info in (*proto.graph.input, *proto.graph.output):
-        dim = info.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_param = "batch"
-    del proto.graph.value_info[:]
-    return proto.SerializeToString()
 
 
 def ms_per_inference(model: bytes, options: dict[str, str], x: np.ndarray, seconds: float,
@@ -108,7 +88,8 @@ def batch_rows(name: str, seconds: float, batches: list[int]) -> Iterator[tuple[
     post-processing looped per image)."""
     spec = get_spec(name)
     fp32 = build_full_standin(spec)
-    fp16, core, nhwc = to_fp16(fp32), any_batch(to_fp16(trunk(fp32))), SETTINGS["prefer_nhwc=1"]
+    fp16, nhwc = to_fp16(fp32), SETTINGS["prefer_nhwc=1"]
+    core = to_fp16(split(fp32, spec, any_batch=True).trunk)
     for size in batches:
         x = np.concatenate([probe_input(spec)] * size)
         yield name, f"trunk only, fp16, NHWC, batch {size}, per sample", ms_per_inference(
@@ -124,7 +105,7 @@ def rows(name: str, seconds: float, tensorrt: bool = False) -> Iterator[tuple[st
     spec = get_spec(name)
     fp32 = build_full_standin(spec)
     x = probe_input(spec)
-    core = trunk(fp32)
+    core = split(fp32, spec).trunk
     yield name, "trunk only (convolutions), default", ms_per_inference(core, {}, x, seconds)
     yield name, "trunk only, fp16", ms_per_inference(to_fp16(core), {}, x, seconds)
     yield name, "whole model, fp16", ms_per_inference(to_fp16(fp32), {}, x, seconds)

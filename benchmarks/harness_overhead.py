@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.backend import OnnxBackend, infer_cycled  # noqa: E402
 from odbench.energy import EnergyMeter  # noqa: E402
 from odbench.harness import run_loadgen  # noqa: E402
 from odbench.loadgen_log import summarize  # noqa: E402
@@ -51,10 +51,7 @@ def bare_offline(backend: OnnxBackend, inputs: list[np.ndarray], samples: int, c
 
     def run(count: int, offset: int) -> None:
         for i in range(0, count, batch):
-            if batch == 1:
-                backend.infer(inputs[(offset + i) % len(inputs)])
-            else:
-                backend.infer_batch([inputs[(offset + i + j) % len(inputs)] for j in range(min(batch, count - i))])
+            infer_cycled(backend, inputs, offset + i, min(batch, count - i))
 
     share = samples // concurrency
     start = time.perf_counter()

@@ -85,6 +85,16 @@ def requested_providers(execution_device: str) -> list[str]:
     return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
 
 
+def infer_cycled(backend: Backend, inputs: Sequence[Any], start: int, size: int) -> None:
+    """One inference of `size` inputs taken in turn from `inputs` (cycled) from `start`: through `infer` for one,
+    `infer_batch` for several (the warm-up, the calibration pass and the benchmarks' bare loop)."""
+    group = [inputs[(start + i) % len(inputs)] for i in range(size)]
+    if size == 1:
+        backend.infer(group[0])
+    else:
+        backend.infer_batch(group)
+
+
 def _with_options(providers: list[str], prefer_nhwc: bool) -> list:
     """The provider list with the CUDA provider's options: prefer_nhwc runs convolutions in NHWC layout (faster
     cuDNN kernels on tensor cores; docs/performance.md); other providers take none."""
@@ -184,8 +194,7 @@ class OnnxBackend:
             raise ValueError(f"a batch of {len(xs)} inputs: this model takes 1 to {self.batch_size}")
         if self.batch_size == 1:
             return [self.infer(xs[0])]
-        full = list(xs) if len(xs) == 1 else [*xs, *[xs[-1]] * (self.batch_size - len(xs))]
-        batch = full[0] if len(full) == 1 else np.concatenate(full)
+        batch = xs[0] if len(xs) == 1 else np.concatenate([*xs, *[xs[-1]] * (self.batch_size - len(xs))])
         outputs = self._run(self._thread_session(), batch)
         if self._split:
             return [_flat(self._post_process(outputs, batch, i)) for i in range(len(xs))]

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from odbench import bounds
-from odbench.backend import Backend
+from odbench.backend import Backend, infer_cycled
 from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
                     return
                 latencies.append(float("nan"))
             t0 = time.perf_counter()
-            if batch > 1:
-                backend.infer_batch([inputs[(slot + i) % len(inputs)] for i in range(batch)])
-            else:
-                backend.infer(inputs[slot % len(inputs)])
+            infer_cycled(backend, inputs, slot, batch)
             latencies[slot] = time.perf_counter() - t0
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="calibration") as pool:

@@ -47,12 +47,17 @@ def rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
                 rename_reads(sub, old, new)
 
 
+def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The inputs', outputs' and intermediate tensors' types (element type, shape where known), from shape
+    inference."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    return {info.name: info.type for info in (*graph.input, *graph.output, *graph.value_info)}
+
+
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Every tensor's element type, from shape inference (0 where unknown)."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for info in (*graph.input, *graph.output, *graph.value_info):
-        types[info.name] = info.type.tensor_type.elem_type
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    types.update((name, kind.tensor_type.elem_type) for name, kind in tensor_types(model).items())
     return types
 
 

@@ -19,7 +19,7 @@ from onnx import helper
 
 from odbench.batching import batch_input
 from odbench.models import ModelSpec
-from odbench.onnx_graph import elem_types, node_reads, partition
+from odbench.onnx_graph import node_reads, partition, tensor_types
 
 
 class SplitError(ValueError):
@@ -49,7 +49,7 @@ def split(model: bytes | str, spec: ModelSpec, any_batch: bool = False) -> Split
     if not cut.trunk or not cut.post:
         raise SplitError(f"graph {proto.graph.name!r} has no convolutions followed by post-processing: nothing "
                          "to split; drop postprocess_on_cpu")
-    types = elem_types(proto)
+    types = tensor_types(proto)
     per_image = [name for name in cut.per_image if name != spec.input.name]
     crossing = per_image + cut.shared
     model_input = next(i for i in proto.graph.input if i.name == spec.input.name)
@@ -63,12 +63,14 @@ def split(model: bytes | str, spec: ModelSpec, any_batch: bool = False) -> Split
                       reads_input)
 
 
-def _declare(name: str, types: dict[str, int]) -> onnx.ValueInfoProto:
-    """A tensor crossing the cut: its element type (shape left to onnxruntime: it varies with the batch)."""
-    if not types.get(name):
+def _declare(name: str, types: dict[str, onnx.TypeProto]) -> onnx.ValueInfoProto:
+    """A tensor crossing the cut: its element type and rank, its dimensions left open (they vary with the batch)."""
+    tensor = types[name].tensor_type if name in types else None
+    if tensor is None or not tensor.elem_type:
         raise SplitError(f"the type of {name!r}, which crosses from the convolutions to the post-processing, "
                          "cannot be inferred: this graph cannot be split")
-    return helper.make_tensor_value_info(name, types[name], None)
+    rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
+    return helper.make_tensor_value_info(name, tensor.elem_type, None if rank is None else [None] * rank)
 
 
 def _subgraph(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from odbench.accuracy import encode_detections
-from odbench.backend import Backend
+from odbench.backend import Backend, infer_cycled
 from odbench.models import ModelSpec
 from odbench.output_checks import OutputTally, check_outputs
 
@@ -321,10 +321,7 @@ def warm_up(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
     batch = getattr(backend, "batch_size", 1)  # a batched backend warms up on whole batches
     done = 0
     while done < samples:
-        if batch > 1:
-            backend.infer_batch([inputs[(done + i) % len(inputs)] for i in range(batch)])
-        else:
-            backend.infer(inputs[done % len(inputs)])
+        infer_cycled(backend, inputs, done, batch)
         done += batch
         if time.perf_counter() - start >= max_s:
             break
