@@ -84,10 +84,11 @@ class Command:
         return self.stderr_path.read_text(errors="replace")
 
     def note_children(self) -> None:
-        """Record every descendant now running (after a `kill -9` they are no longer its descendants)."""
+        """Record every descendant now running (after a `kill -9` they are no longer its descendants), with its
+        latest command line: a child seen between fork and exec still shows its parent's."""
         for pid in _descendants(self.proc.pid):
-            if (identity := _identity(pid)) and identity not in self.started:
-                self.started[identity] = _cmdline(pid)
+            if (identity := _identity(pid)) and ((line := _cmdline(pid)) != "<gone>" or identity not in self.started):
+                self.started[identity] = line
 
     def wait_for(self, pattern: str, timeout_s: float = REACH_STEP_S) -> None:
         """Until stderr matches the pattern, noting children; fails if the command ends or takes too long."""
