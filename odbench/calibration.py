@@ -3,8 +3,8 @@
 LoadGen sizes a timed test from its target (Offline issues 1.1 × duration × target QPS samples;
 SingleStream and MultiStream generate 2 × duration / expected latency queries; Server issues queries
 at the target QPS). A wrong guess makes the run INVALID (too few samples for the minimum duration)
-or far longer than asked, so when the user gives none, a few untimed-by-LoadGen inferences on loaded
-samples (after the warm-up, so no engine build is timed) measure this SUT, and the target follows:
+or far longer than asked, so when the user gives none, half a second (at least 8) of untimed-by-LoadGen
+inferences on loaded samples (after the warm-up, so no engine build is timed) measure this SUT, and the target follows:
 
 | scenario | target set | from the pass | why this side |
 |---|---|---|---|
@@ -41,7 +41,11 @@ from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig
 
 log = logging.getLogger(__name__)
 CALIBRATION_SAMPLES = 8  # inferences in the measured pass (at least 2 per worker)
+# A cheap model's 8 inferences take ~20 ms, where one scheduler hiccup halves the throughput measured and an
+# Offline target set from it ends the test before its minimum duration (INVALID): the pass lasts this long at least.
+CALIBRATION_MIN_S = 0.5
 CALIBRATION_MAX_S = 10.0  # the pass stops after this long (past its first inference)
+MAX_CALIBRATION_INFERENCES = 100_000  # bounds the latencies kept, for a model of microseconds
 OFFLINE_HEADROOM = 1.5
 SERVER_LOAD = 0.5
 TARGET_FIELDS = {"loadgen_target_qps": "target_qps", "loadgen_target_latency": "target_latency_ms"}
@@ -83,9 +87,10 @@ class Measurement:
 
 
 def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, samples: int = CALIBRATION_SAMPLES,
-            concurrency: int = 1, max_s: float = CALIBRATION_MAX_S, batch: int = 1) -> Measurement:
-    """Up to `samples` inferences (at least 2 per worker) of `batch` loaded samples each (cycled), `concurrency`
-    at a time; each worker stops starting new ones once `max_s` has passed."""
+            concurrency: int = 1, max_s: float = CALIBRATION_MAX_S, batch: int = 1,
+            min_s: float = CALIBRATION_MIN_S) -> Measurement:
+    """At least `samples` inferences (2 per worker) and `min_s` seconds of them, of `batch` loaded samples each
+    (cycled), `concurrency` at a time; each worker stops starting new ones once `max_s` has passed."""
     samples = max(samples, 2 * concurrency)
     inputs = [load(i) for i in range(min(samples, count))]
     latencies: list[float] = []
@@ -95,8 +100,9 @@ def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
     def worker() -> None:
         while True:
             with lock:  # claim the next inference's slot
-                slot = len(latencies)
-                if slot >= samples or (slot and time.perf_counter() - start >= max_s):
+                slot, elapsed = len(latencies), time.perf_counter() - start
+                enough = slot >= samples and elapsed >= min_s
+                if enough or slot >= MAX_CALIBRATION_INFERENCES or (slot and elapsed >= max_s):
                     return
                 latencies.append(float("nan"))
             t0 = time.perf_counter()
