@@ -1,0 +1,227 @@
+"""Where the harness's time goes against the bare loop at equal options: inside the engine call, and around it.
+
+    python benchmarks/harness_gap.py --device cuda --models ssd_resnet34 retinanet_coco --seconds 3 --rounds 3
+
+Section 3 of docs/performance.md found the harness a few percent behind the bare loop on SSD, and its SingleStream
+p90 1.6 ms behind with fp32 host inputs, with no CPU cost of the harness to explain it. This splits each gap
+into the engine's time (every `infer` call timed, in both loops) and the time around it, and tests the two
+suspects: the thread that makes the call (the bare SingleStream loop runs on the main thread, the SUT on pool
+threads) and the host memory the input is copied from (pageable, or page-locked with cudaHostRegister). For each
+model and option set, alternated `--rounds` times (the median of the rounds is printed):
+- SingleStream: p50/p90 of the bare loop on the main thread and on one pool thread, LoadGen's through the harness,
+  and the engine calls' own p90 in each;
+- Offline: samples/s of both, the mean ms inside `infer`, and the µs per sample a worker spends outside it;
+- with host inputs on a CUDA device, the same again with every input page-locked.
+Full-size stand-ins (`--small`: the small ones); stand-in numbers are not the real models' numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import platform
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_hot_path import BEST, NONE, Row, Setup, Variant, count_for  # noqa: E402
+from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
+
+from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.models import get_spec  # noqa: E402
+
+PARTS = ("head", "between", "tail", "beyond")  # see `outside`
+
+
+Call = tuple[int, float, float]  # the calling thread's id, perf_counter at the call's start and end
+
+
+class TimedBackend:
+    """The backend with every `infer` / `infer_batch` call recorded (the SUT sees the same calls)."""
+
+    def __init__(self, backend: OnnxBackend):
+        self._backend = backend
+        self.batch_size, self.providers = backend.batch_size, backend.providers
+        self.calls: list[Call] = []  # list.append is atomic: the SUT's workers share it
+
+    def place(self, x: np.ndarray) -> Any:
+        return self._backend.place(x)
+
+    def prime(self, x: Any) -> None:
+        self._backend.prime(x)
+
+    def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        found = self._backend.infer(x)
+        self.calls.append((threading.get_ident(), t0, time.perf_counter()))
+        return found
+
+    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        t0 = time.perf_counter()
+        found = self._backend.infer_batch(xs)
+        self.calls.append((threading.get_ident(), t0, time.perf_counter()))
+        return found
+
+    def taken(self) -> list[Call]:
+        """The calls recorded since the last `taken`."""
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _cudart() -> ctypes.CDLL:
+    """The CUDA runtime onnxruntime's CUDA provider loaded (found in this process's mapped libraries)."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+    if not paths:
+        raise RuntimeError("no libcudart in this process: the CUDA provider is not loaded")
+    return ctypes.CDLL(sorted(paths)[0])
+
+
+@contextlib.contextmanager
+def page_locked(arrays: list[np.ndarray]) -> Iterator[None]:
+    """The arrays' pages locked (cudaHostRegister) while inside, so host-to-device copies are direct DMA."""
+    cudart = _cudart()
+    for a in arrays:
+        if cudart.cudaHostRegister(ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(a.nbytes), 0) != 0:
+            raise RuntimeError("cudaHostRegister failed")
+    try:
+        yield
+    finally:
+        for a in arrays:
+            cudart.cudaHostUnregister(ctypes.c_void_p(a.ctypes.data))
+
+
+def _p90_ms(calls: list[Call]) -> float:
+    return float(np.percentile([end - start for _, start, end in calls], 90) * 1000)
+
+
+def outside(calls: list[Call], span: tuple[float, float], wall: float, samples: int) -> dict[str, float]:
+    """The workers' time outside `infer`, in µs per sample, summed over the workers: before each one's first
+    call (from the span's start), between its calls, after its last (to the span's end), and the test's wall
+    time beyond the span (LoadGen's own start and end)."""
+    per_thread: dict[int, list[tuple[float, float]]] = {}
+    for thread, start, end in calls:
+        per_thread.setdefault(thread, []).append((start, end))
+    head = between = tail = 0.0
+    for spans in per_thread.values():
+        spans.sort()
+        head += spans[0][0] - span[0]
+        between += sum(nxt[0] - cur[1] for cur, nxt in zip(spans, spans[1:]))
+        tail += span[1] - spans[-1][1]
+    beyond = (wall - (span[1] - span[0])) * len(per_thread)
+    return {name: value / samples * 1e6 for name, value in
+            (("head", head), ("between", between), ("tail", tail), ("beyond", beyond))}
+
+
+def offline(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int,
+            side: str) -> dict[str, float]:
+    """One Offline test of the bare loop or the harness: samples/s, ms inside `infer` per sample, and the time
+    outside it (`outside`)."""
+    if side == "bare":
+        t0 = time.perf_counter()
+        rate = bare_offline(timed, inputs, samples, workers)
+        span = (t0, time.perf_counter())
+    else:
+        ours = harness(timed, setup.spec, inputs, "Offline", samples, workers)
+        rate, span = ours["samples_per_second"], ours["span"]
+    calls = timed.taken()
+    done = len(calls) * timed.batch_size
+    inside = sum(end - start for _, start, end in calls)
+    return {"rate": rate, "infer_ms": inside * 1000 / done, **outside(calls, span, done / rate, done)}
+
+
+def one_round(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int) -> dict[str, float]:
+    """Every measure once: SingleStream on the main thread, on a pool thread and through the harness; Offline bare
+    and through the harness; with the engine calls' own times."""
+    single = max(16, samples // workers // 2)
+    m: dict[str, float] = {}
+    m["ss_main_p50"], m["ss_main_p90"] = bare_latencies_ms(timed, inputs, single)
+    m["ss_main_infer_p90"] = _p90_ms(timed.taken())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        m["ss_pool_p50"], m["ss_pool_p90"] = pool.submit(bare_latencies_ms, timed, inputs, single).result()
+    m["ss_pool_infer_p90"] = _p90_ms(timed.taken())
+    ours = harness(timed, setup.spec, inputs, "SingleStream", single, 1)
+    m["ss_harness_p50"], m["ss_harness_p90"] = ours["p50_ms"], ours["p90_ms"]
+    m["ss_harness_infer_p90"] = _p90_ms(timed.taken())
+    for side in ("bare", "harness"):
+        m.update({f"off_{side}_{key}": value
+                  for key, value in offline(timed, setup, inputs, workers, samples, side).items()})
+    return m
+
+
+def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: bool) -> list[Row]:
+    """The variant's measures, median of `rounds` alternated rounds; `pin`: inputs page-locked throughout."""
+    backend, inputs = setup.backend(variant)
+    timed = TimedBackend(backend)
+    workers = variant.loadgen_concurrency
+    samples = count_for(backend, inputs, workers, seconds)
+    with page_locked(inputs) if pin else contextlib.nullcontext():
+        runs = [one_round(timed, setup, inputs, workers, samples) for _ in range(rounds)]
+    m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    name = f"{variant.label}{', inputs page-locked' if pin else ''}; median of {rounds}"
+    ratio = m["off_harness_rate"] / m["off_bare_rate"]
+    return [
+        (setup.label, name, "SingleStream p50 / p90 ms: bare main thread | bare pool thread | harness",
+         f"{m['ss_main_p50']:.3f} / {m['ss_main_p90']:.3f} | {m['ss_pool_p50']:.3f} / {m['ss_pool_p90']:.3f} | "
+         f"{m['ss_harness_p50']:.3f} / {m['ss_harness_p90']:.3f}",
+         f"harness − main {m['ss_harness_p90'] - m['ss_main_p90']:+.3f} ms at p90"),
+        (setup.label, name, "SingleStream p90 ms inside infer: main | pool | harness",
+         f"{m['ss_main_infer_p90']:.3f} | {m['ss_pool_infer_p90']:.3f} | {m['ss_harness_infer_p90']:.3f}",
+         f"harness − main {m['ss_harness_infer_p90'] - m['ss_main_infer_p90']:+.3f} ms"),
+        (setup.label, name, f"Offline samples/s, {workers} in flight: bare | harness",
+         f"{m['off_bare_rate']:,.2f} | {m['off_harness_rate']:,.2f}", f"harness / bare {ratio:.3f}"),
+        (setup.label, name, "Offline ms per sample inside infer: bare | harness",
+         f"{m['off_bare_infer_ms']:.3f} | {m['off_harness_infer_ms']:.3f}",
+         f"harness / bare {m['off_harness_infer_ms'] / m['off_bare_infer_ms']:.3f}"),
+        *[(setup.label, name, f"Offline µs per sample outside infer, {side}: before first | between | after last | "
+           "beyond the SUT's span", " | ".join(f"{m[f'off_{side}_{part}']:.1f}" for part in PARTS), "")
+          for side in ("bare", "harness")],
+    ]
+
+
+def measure_model(name: str, device: str, seconds: float, rounds: int, small: bool) -> list[Row]:
+    setup = Setup(get_spec(name), device, small)
+    rows = []
+    for variant in (NONE, BEST):
+        rows += rows_for(setup, variant, seconds, rounds, pin=False)
+        if device != "cpu" and not variant.samples_on_device:
+            rows += rows_for(setup, variant, seconds, rounds, pin=True)
+    return rows
+
+
+def table(title: str, rows: list[Row]) -> str:
+    lines = [title, "| model | options | measure | value | note |", "|---|---|---|---|---|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", nargs="+", default=["ssd_resnet34", "retinanet_coco"])
+    parser.add_argument("--seconds", type=float, default=3.0, help="about how long each Offline measurement runs")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds; the median is printed")
+    parser.add_argument("--small", action="store_true", help="the small stand-ins instead of the full-size ones")
+    args = parser.parse_args()
+    import onnxruntime
+
+    rows: list[Row] = []
+    for name in args.models:
+        found = measure_model(name, args.device, args.seconds, args.rounds, args.small)
+        print(table(f"(so far) {name}", found), flush=True)
+        rows += found
+    print(table(f"Harness gap on {platform.node()}, onnxruntime {onnxruntime.__version__}, "
+                f"execution_device={args.device}", rows))
+
+
+if __name__ == "__main__":
+    main()
