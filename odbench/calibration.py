@@ -40,7 +40,7 @@ from odbench.backend import Backend, infer_cycled
 from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig
 
 log = logging.getLogger(__name__)
-CALIBRATION_SAMPLES = 8  # inferences in the measured pass (at least 2 per worker)
+CALIBRATION_SAMPLES = 8  # inferences the measured pass makes at least (and 2 per worker)
 # A cheap model's 8 inferences take ~20 ms, where one scheduler hiccup halves the throughput measured and an
 # Offline target set from it ends the test before its minimum duration (INVALID): the pass lasts this long at least.
 CALIBRATION_MIN_S = 0.5

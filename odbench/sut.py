@@ -12,8 +12,9 @@ The SUT's threading contract, the same under every scenario:
   inferences (of one query, or several Server queries) are in flight at once when workers > 1. Batches form
   within a query only: a one-sample query runs alone.
 - A draining worker answers its samples together, with one `QuerySamplesComplete` call per ANSWER_EVERY samples
-  and one when the queue is empty, so the completion call is paid per run of samples, not per sample; response
-  buffers are kept alive until the call returns (LoadGen copies them before returning).
+  and one when the queue is empty, so the completion call is paid per run of samples, not per sample; the
+  outputs are checked and encoded then too, back to back (`_drain` says why); response buffers are kept alive
+  until the call returns (LoadGen copies them before returning).
 - Every sample is answered exactly once, whatever happens: a failed inference is recorded in `errors` and
   answered empty (the run then fails with that error, see odbench/harness.py); after `request_stop` every
   outstanding and later sample is answered empty at once. Nothing raises into LoadGen's C++ threads (an
@@ -98,6 +99,7 @@ class SampleLibrary:
 
 ANSWER_EVERY = 64  # samples a draining worker answers together (Offline's one query of every sample)
 Item = tuple[int, int]  # (LoadGen's sample id, qsl_idx)
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]  # one sample's raw (boxes, scores, labels), as Backend.infer gives
 
 
 class _Work:
@@ -172,38 +174,58 @@ class DetectionSUT:
         """Nothing to flush: no sample is ever held back (see the module docstring)."""
 
     def _drain(self, work: _Work) -> None:
-        """On a worker thread: infer the query's next group until none is left, answering every ANSWER_EVERY
-        samples and once the queue is empty; when stopping, the rest is answered empty at once."""
+        """On a worker thread: infer the query's groups one after another until none is left, checking, encoding
+        and answering what was inferred every ANSWER_EVERY samples and once the queue is empty; when stopping, the
+        rest is answered empty at once. The per-sample checks and encoding run back to back for a run of samples,
+        not after each inference: right after one, they run several times slower, evicted from the CPU's caches
+        (measured by benchmarks/harness_gap.py: docs/performance.md section 3b)."""
         self._begin()
-        answers: list[tuple[int, np.ndarray]] = []
+        inferred: list[tuple[int, int, Found | None]] = []  # (sample id, qsl_idx, outputs; None: failed)
         group: list[Item] = []
         ran = 0
         try:
             while group := work.take():
                 if self.stopping:
-                    answers += [(sample_id, _NO_ROWS) for sample_id, _ in group + work.rest()]
+                    inferred += [(sample_id, i, None) for sample_id, i in group + work.rest()]
                     group = []
                     break
-                answers += zip([sample_id for sample_id, _ in group], self._detect_or_record([i for _, i in group]))
+                outputs = self._infer_or_record([i for _, i in group])
+                inferred += [(sample_id, i, found) for (sample_id, i), found in zip(group, outputs, strict=True)]
                 group, ran = [], ran + len(group)
-                if len(answers) >= ANSWER_EVERY or work.empty():
-                    done, answers = answers, []  # taken first: never answered twice, whatever happens in the call
-                    self._complete(done)
+                if len(inferred) >= ANSWER_EVERY or work.empty():
+                    answers, inferred = self._answers(inferred), []  # built first: never answered twice
+                    self._complete(answers)
         finally:  # a group taken but not answered (something raised) is answered empty, never left to hang LoadGen
-            self._complete(answers + [(sample_id, _NO_ROWS) for sample_id, _ in group])
-            self._end(ran)
+            try:
+                self._complete(self._answers(inferred) + [(sample_id, _NO_ROWS) for sample_id, _ in group])
+            finally:
+                self._end(ran)
 
-    def _detect_or_record(self, qsl_idxs: list[int]) -> list[np.ndarray]:
-        """Each sample's rows, or none for all (the error recorded: the run fails afterwards; LoadGen still gets
-        an answer)."""
+    def _infer_or_record(self, qsl_idxs: list[int]) -> list[Found | None]:
+        """Each sample's raw outputs, or None for all (the error recorded: the run fails afterwards; LoadGen still
+        gets an answer)."""
         try:
-            rows = self._detect_group(qsl_idxs)
-            if len(rows) != len(qsl_idxs):
-                raise ValueError(f"{len(rows)} answers for {len(qsl_idxs)} samples")
-            return rows
+            found = self._infer_group(qsl_idxs)
+            if len(found) != len(qsl_idxs):
+                raise ValueError(f"{len(found)} answers for {len(qsl_idxs)} samples")
+            return list(found)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
-            return [_NO_ROWS] * len(qsl_idxs)
+            return [None] * len(qsl_idxs)
+
+    def _answers(self, inferred: list[tuple[int, int, Found | None]]) -> list[tuple[int, np.ndarray]]:
+        """(sample id, accuracy-log rows) for each inferred sample, in order."""
+        return [(sample_id, self._rows_or_record(qsl_idx, found)) for sample_id, qsl_idx, found in inferred]
+
+    def _rows_or_record(self, qsl_idx: int, found: Found | None) -> np.ndarray:
+        """A sample's rows; none for a failed inference, or when they cannot be built (the error recorded)."""
+        if found is None:
+            return _NO_ROWS
+        try:
+            return self._rows(qsl_idx, found)
+        except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
+            self._record(err)
+            return _NO_ROWS
 
     def _begin(self) -> None:
         with self._lock:
@@ -219,19 +241,13 @@ class DetectionSUT:
             if self.in_flight == 0:
                 self.busy_s += time.perf_counter() - self._busy_since
 
-    def _detect_group(self, qsl_idxs: list[int]) -> list[np.ndarray]:
-        """The samples' accuracy-log rows: a single sample through `_detect`, several from one batched inference
-        (which `_detect`, the per-sample hook subclasses override, does not see)."""
+    def _infer_group(self, qsl_idxs: list[int]) -> Sequence[Found]:
+        """The samples' raw outputs: one sample through `infer`, several from one batched inference."""
         if len(qsl_idxs) == 1:
-            return [self._detect(qsl_idxs[0])]
-        outputs = self.backend.infer_batch([self.library[i] for i in qsl_idxs])
-        return [self._rows(i, found) for i, found in zip(qsl_idxs, outputs, strict=True)]
+            return [self.backend.infer(self.library[qsl_idxs[0]])]
+        return self.backend.infer_batch([self.library[i] for i in qsl_idxs])
 
-    def _detect(self, qsl_idx: int) -> np.ndarray:
-        """One sample's checked detections as accuracy-log rows."""
-        return self._rows(qsl_idx, self.backend.infer(self.library[qsl_idx]))
-
-    def _rows(self, qsl_idx: int, found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    def _rows(self, qsl_idx: int, found: Found) -> np.ndarray:
         """A sample's (boxes, scores, labels) checked (odbench/output_checks.py) and encoded as accuracy-log rows."""
         checked = check_outputs(*found, self.spec)
         self.outputs.add(qsl_idx, checked.problems)

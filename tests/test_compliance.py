@@ -27,7 +27,7 @@ from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import get_spec
 from odbench.preprocess import decode_resize, to_model_input
 from odbench.standin import build_standin
-from odbench.sut import DetectionSUT, SampleLibrary
+from odbench.sut import DetectionSUT, Found, SampleLibrary
 
 SPEC = get_spec("retinanet")
 MODEL_KEY = SPEC.loadgen_model
@@ -74,8 +74,8 @@ class TopOnlyOnRepeatsSUT(DetectionSUT):
         super().__init__(*args, **kwargs)
         self.seen: set[int] = set()  # not `answered`: the SUT counts its answers under that name
 
-    def _detect(self, qsl_idx: int) -> np.ndarray:
-        rows = super()._detect(qsl_idx)
+    def _rows(self, qsl_idx: int, found: Found) -> np.ndarray:
+        rows = super()._rows(qsl_idx, found)
         repeat = qsl_idx in self.seen
         self.seen.add(qsl_idx)
         return rows[:1] if repeat else rows
@@ -90,16 +90,17 @@ class ReusesLastAnswerSUT(DetectionSUT):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.last: tuple[int, np.ndarray] | None = None
+        self.last: tuple[int, Found] | None = None
         self.hits = 0
 
-    def _detect(self, qsl_idx: int) -> np.ndarray:
+    def _infer_group(self, qsl_idxs: list[int]) -> list[Found]:
+        (qsl_idx,) = qsl_idxs  # batch_size 1: one sample per inference
         if self.last is not None and self.last[0] == qsl_idx:
             self.hits += 1
-            return self.last[1]
-        rows = super()._detect(qsl_idx)
-        self.last = (qsl_idx, rows)
-        return rows
+            return [self.last[1]]
+        found = super()._infer_group(qsl_idxs)
+        self.last = (qsl_idx, found[0])
+        return found
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ FindPeakPerformance, scenario-specific option errors, and the SUT under failure 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -22,7 +23,7 @@ from odbench.models import get_spec
 from odbench.params import BenchmarkParams
 from odbench.standin import build_standin
 from odbench.storage import Storage
-from odbench.sut import DetectionSUT, SampleLibrary
+from odbench.sut import ANSWER_EVERY, DetectionSUT, SampleLibrary
 
 N = 8
 GUARD_S = 120  # no LoadGen test here may take longer (each takes seconds): a hang fails instead of blocking
@@ -297,3 +298,59 @@ def test_workers_drain_an_offline_query_and_finish_within_about_one_inference(tm
     assert sut.issued == sut.answered == sut.completed == 120 and len(backend.ended) == 2
     first, last = sorted(backend.ended.values())
     assert last - first < 0.06
+
+
+class _LoggedBackend(_Scripted):
+    """The stand-in backend, each inference logged in `events`."""
+
+    def __init__(self, events: list[str]):
+        super().__init__(0, lambda: None)
+        self.events = events
+
+    def infer(self, x):
+        self.events.append("infer")
+        return super().infer(x)
+
+
+class _LoggedSUT(DetectionSUT):
+    """The SUT with each sample's output check and encoding logged in its backend's `events`."""
+
+    def _rows(self, qsl_idx, found):
+        self.backend.events.append("rows")
+        return super()._rows(qsl_idx, found)
+
+
+def test_a_worker_infers_a_run_of_samples_back_to_back_then_checks_and_encodes_them(tmp_path):
+    """Python work right after an inference runs several times slower (the inference has just evicted it from
+    the CPU's caches; docs/performance.md section 3b), so a draining worker infers up to ANSWER_EVERY samples
+    with nothing in between, then checks, encodes and answers them together."""
+    events: list[str] = []
+    library = SampleLibrary(N, lambda i: np.random.default_rng(i).random((1, 3, 800, 800), np.float32))
+    sut = _LoggedSUT(_LoggedBackend(events), library, RETINANET, workers=1)
+    count = ANSWER_EVERY + 36
+    config = LoadGenConfig("Offline", "PerformanceOnly", count_override=count, target_qps=1000)
+    _within(GUARD_S, lambda: run_loadgen(sut, config, RETINANET.loadgen_model, tmp_path))
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(events)]
+    assert runs == [("infer", ANSWER_EVERY), ("rows", ANSWER_EVERY), ("infer", 36), ("rows", 36)]
+    assert sut.issued == sut.answered == sut.completed == count and not sut.errors
+
+
+class _FailsOneSample(DetectionSUT):
+    """The SUT whose output checks fail for one sample index (as a model's unencodable output would)."""
+
+    def _rows(self, qsl_idx, found):
+        if qsl_idx == 3:
+            raise ValueError("sample 3's outputs cannot be encoded")
+        return super()._rows(qsl_idx, found)
+
+
+def test_a_sample_whose_rows_fail_is_answered_empty_and_its_neighbours_as_usual(tmp_path):
+    """The rows of a run of inferred samples are built together; one failing fails only itself (the error
+    recorded, the run failing with it afterwards), and every sample is still answered exactly once."""
+    library = SampleLibrary(N, lambda i: np.random.default_rng(i).random((1, 3, 800, 800), np.float32))
+    sut = _FailsOneSample(_Scripted(0, lambda: None), library, RETINANET, workers=2)
+    config = LoadGenConfig("Offline", "PerformanceOnly", count_override=40, target_qps=1000)
+    with pytest.raises(RuntimeError, match="sample 3's outputs cannot be encoded"):
+        _within(GUARD_S, lambda: run_loadgen(sut, config, RETINANET.loadgen_model, tmp_path))
+    assert sut.issued == sut.answered == sut.completed == 40 and sut.in_flight == 0
+    assert 0 < len(sut.errors) < 40 and all("sample 3" in str(err) for err in sut.errors)
