@@ -7,7 +7,7 @@ p90 1.6 ms behind with fp32 host inputs, with no CPU cost of the harness to expl
 into the engine's time (every `infer` call timed, in both loops) and the time around it, and tests the two
 suspects: the thread that makes the call (the bare SingleStream loop runs on the main thread, the SUT on pool
 threads) and the host memory the input is copied from (pageable, or page-locked with cudaHostRegister). For each
-model and option set, alternated `--rounds` times (the median of the rounds is printed):
+model and option set, `--rounds` rounds (every other one in the opposite order; the medians are printed):
 - SingleStream: p50/p90 of the bare loop on the main thread and on one pool thread, LoadGen's through the harness,
   and the engine calls' own p90 in each;
 - Offline: samples/s of both, the mean engine call in ms, and the µs per sample the calling threads spend outside
@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -144,22 +145,31 @@ def offline(timed: TimedBackend, setup: Setup, inputs: list, workers: int, sampl
     return {"rate": rate, "call_ms": inside * 1000 / len(calls), **outside(calls, span, done / rate, done)}
 
 
-def one_round(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int) -> dict[str, float]:
-    """Every measure once: SingleStream on the main thread, on a pool thread and through the harness; Offline bare
-    and through the harness; with the engine calls' own times."""
-    single = max(16, samples // workers // 2)
+def single_stream(timed: TimedBackend, setup: Setup, inputs: list, samples: int, where: str) -> dict[str, float]:
+    """SingleStream's p50/p90 and the engine calls' own p90 (ms): the bare loop on the main thread or on a pool
+    thread, or LoadGen's through the harness."""
+    if where == "main":
+        p50, p90 = bare_latencies_ms(timed, inputs, samples)
+    elif where == "pool":
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            p50, p90 = pool.submit(bare_latencies_ms, timed, inputs, samples).result()
+    else:
+        ours = harness(timed, setup.spec, inputs, "SingleStream", samples, 1)
+        p50, p90 = ours["p50_ms"], ours["p90_ms"]
+    return {"p50": p50, "p90": p90, "infer_p90": _p90_ms(timed.taken())}
+
+
+def one_round(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int,
+              reverse: bool) -> dict[str, float]:
+    """Every measure once (SingleStream on the main thread, on a pool thread and through the harness; Offline bare
+    and through the harness), in that order or, `reverse`, the opposite one, so drift favours neither side."""
+    steps = {f"ss_{where}": partial(single_stream, timed, setup, inputs, max(16, samples // workers // 2), where)
+             for where in ("main", "pool", "harness")}
+    steps |= {f"off_{side}": partial(offline, timed, setup, inputs, workers, samples, side)
+              for side in ("bare", "harness")}
     m: dict[str, float] = {}
-    m["ss_main_p50"], m["ss_main_p90"] = bare_latencies_ms(timed, inputs, single)
-    m["ss_main_infer_p90"] = _p90_ms(timed.taken())
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        m["ss_pool_p50"], m["ss_pool_p90"] = pool.submit(bare_latencies_ms, timed, inputs, single).result()
-    m["ss_pool_infer_p90"] = _p90_ms(timed.taken())
-    ours = harness(timed, setup.spec, inputs, "SingleStream", single, 1)
-    m["ss_harness_p50"], m["ss_harness_p90"] = ours["p50_ms"], ours["p90_ms"]
-    m["ss_harness_infer_p90"] = _p90_ms(timed.taken())
-    for side in ("bare", "harness"):
-        m.update({f"off_{side}_{key}": value
-                  for key, value in offline(timed, setup, inputs, workers, samples, side).items()})
+    for name in reversed(steps) if reverse else steps:
+        m |= {f"{name}_{key}": value for key, value in steps[name]().items()}
     return m
 
 
@@ -170,7 +180,7 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: b
     workers = variant.loadgen_concurrency
     samples = count_for(backend, inputs, workers, seconds)
     with page_locked(inputs) if pin else contextlib.nullcontext():
-        runs = [one_round(timed, setup, inputs, workers, samples) for _ in range(rounds)]
+        runs = [one_round(timed, setup, inputs, workers, samples, reverse=k % 2 == 1) for k in range(rounds)]
     m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     name = f"{variant.label}{', inputs page-locked' if pin else ''}; median of {rounds}"
     ratio = m["off_harness_rate"] / m["off_bare_rate"]
