@@ -4,7 +4,9 @@
 
 The model has the real `retinanet_coco` I/O contract and answers constant detections without reading its
 input, so almost all the time measured is the harness's: LoadGen's scheduling, the SUT's worker hand-off, the
-output checks, the accuracy-log encoding and `QuerySamplesComplete`. The bare loop calls the same onnxruntime
+output checks, the accuracy-log encoding and `QuerySamplesComplete`. SingleStream is measured as a run's SUT
+answers it (LoadGen's issue thread drains each query) and with each query handed to a pool thread, as in
+Server. The bare loop calls the same onnxruntime
 session (`OnnxBackend.infer`) on the same in-memory samples. Prints one table, measured side by side in one run
 (the best of `--repeats` for each side), with issue 9's targets: overhead under 50 µs per sample, Offline at
 least 0.98× the bare loop's samples/s, SingleStream p90 within 0.2 ms of the bare loop's.
@@ -73,12 +75,14 @@ def bare_latencies_ms(backend: OnnxBackend, inputs: list[np.ndarray], samples: i
 
 
 def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list, scenario: str, samples: int,
-            concurrency: int, meter: EnergyMeter | None = None) -> dict[str, Any]:
+            concurrency: int, meter: EnergyMeter | None = None, pool_only: bool = False) -> dict[str, Any]:
     """One LoadGen PerformanceOnly test of exactly `samples` queries through the benchmark's SUT; with a
     meter, also the GPU's energy over the timed span (`energy`: odbench.energy.Energy or None); Offline also
-    gives the SUT's `span` (perf_counter at its first query and its last answer)."""
+    gives the SUT's `span` (perf_counter at its first query and its last answer). `pool_only`: LoadGen's issue
+    thread only hands queries over, as in Server (a run's SUT drains them on it too outside Server)."""
     library = SampleLibrary(len(inputs), lambda i: inputs[i])
-    sut = DetectionSUT(backend, library, spec, workers=concurrency, batch_size=backend.batch_size)
+    sut = DetectionSUT(backend, library, spec, workers=concurrency, batch_size=backend.batch_size,
+                       drain_on_issue_thread=scenario != "Server" and not pool_only)
     target = {"target_qps": 1e5} if scenario == "Offline" else {"target_latency_ms": 0.05}
     config = LoadGenConfig(scenario=scenario, mode="PerformanceOnly", count_override=samples, profile="quick",
                            buffer_size=len(inputs), **target)
@@ -107,6 +111,8 @@ def measure(samples: int, concurrency: int, repeats: int) -> dict[str, float]:
         runs["bare_p50"], runs["bare_p90"] = bare_latencies_ms(backend, inputs, samples)
         single = harness(backend, spec, inputs, "SingleStream", samples, 1)
         runs["harness_p50"], runs["harness_p90"] = single["p50_ms"], single["p90_ms"]
+        pooled = harness(backend, spec, inputs, "SingleStream", samples, 1, pool_only=True)
+        runs["pool_p50"], runs["pool_p90"] = pooled["p50_ms"], pooled["p90_ms"]
         for key, value in runs.items():
             better = max if key.endswith("qps") else min
             best[key] = better(best.get(key, value), value)
@@ -125,6 +131,9 @@ def table(best: dict[str, float], samples: int, concurrency: int) -> str:
          f"{best['harness_p50'] - best['bare_p50']:+.3f} ms", "", None),
         ("SingleStream p90 (ms)", f"{best['bare_p90']:.3f}", f"{best['harness_p90']:.3f}", f"{p90_gap:+.3f} ms",
          "within 0.2 ms", p90_gap <= 0.2),
+        ("SingleStream p50 / p90 (ms), queries handed to a pool thread (as in Server)", "",
+         f"{best['pool_p50']:.3f} / {best['pool_p90']:.3f}",
+         f"{best['pool_p50'] - best['bare_p50']:+.3f} / {best['pool_p90'] - best['bare_p90']:+.3f} ms", "", None),
     ]
     lines = [f"Harness overhead, trivial retinanet_coco-contract model on CPU, {samples} samples, "
              f"{concurrency} in flight (Offline), best of each side",

@@ -184,10 +184,12 @@ class _Bench:
     count: int
     annotations: dict
 
-    def sut(self) -> DetectionSUT:
-        """A fresh SUT for one LoadGen test (run_loadgen closes it)."""
+    def sut(self, scenario: str) -> DetectionSUT:
+        """A fresh SUT for one LoadGen test of `scenario` (run_loadgen closes it); outside Server, LoadGen's issue
+        thread drains each query too (odbench/sut.py)."""
         return DetectionSUT(self.backend, SampleLibrary(self.count, self.load), self.spec,
-                            workers=self.params.loadgen_concurrency, batch_size=self.params.batch_size)
+                            workers=self.params.loadgen_concurrency, batch_size=self.params.batch_size,
+                            drain_on_issue_thread=scenario != "Server")
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,7 @@ def _run_pass(bench: _Bench, config: LoadGenConfig, log_dir: Path, folder: str,
               audit_config: Path | None = None) -> _Pass:
     """One LoadGen test with its logs in log_dir/folder, summarized (and scored in AccuracyOnly)."""
     pass_dir = log_dir / folder
-    sut = bench.sut()
+    sut = bench.sut(config.scenario)
     meter = EnergyMeter() if config.mode != "AccuracyOnly" and bench.backend.on_gpu else None
     with meter or contextlib.nullcontext():
         run_loadgen(sut, config, bench.spec.loadgen_model, pass_dir, audit_config)

@@ -79,6 +79,15 @@ def check_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, spe
                           {k: v for k, v in problems.items() if v})
 
 
+def passes_unchanged(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, spec: ModelSpec) -> bool:
+    """Whether `check_outputs` would pass these outputs as they are: the contract's float32 [K, 4], [K], [K] of
+    equal length, at most max_detections, and no detection with a problem (the usual case; the SUT then encodes
+    them without the checked copy, odbench/accuracy.py `encode_if_clean`)."""
+    return (boxes.dtype == scores.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
+            and scores.ndim == labels.ndim == 1 and len(boxes) == len(scores) == len(labels)
+            and len(scores) <= spec.max_detections and _clean(boxes, scores, labels, spec))
+
+
 def _clean(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, spec: ModelSpec) -> bool:
     """Whether no detection can have a problem, from five reductions (a NaN makes each comparison False)."""
     if not len(scores):

@@ -3,14 +3,17 @@
 The SUT's threading contract, the same under every scenario:
 - LoadGen calls `issue_queries` on its issue thread (Offline: one query of every sample; SingleStream: one
   sample, the next once it is answered; MultiStream: one query of N samples, the next once all are answered;
-  Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not). It only
-  hands the query to a worker pool and returns at once, so Server arrivals are never delayed.
+  Server: one sample per query at Poisson-scheduled times, whether earlier ones are answered or not).
 - `workers` threads (loadgen_concurrency) run the samples: a one-sample query (SingleStream, Server) is one task,
   answered as soon as it is inferred. A larger query (Offline, MultiStream) becomes a shared queue (`_Work`) that
   up to `workers` tasks drain, each taking the next sample (or, with batch_size > 1, the next batch of
   consecutive samples) whenever it is free, so all workers finish within one inference of each other. Several
   inferences (of one query, or several Server queries) are in flight at once when workers > 1. Batches form
   within a query only: a one-sample query runs alone.
+- In Server `issue_queries` hands the query to the worker pool and returns at once, so arrivals are never
+  delayed. In the other scenarios LoadGen waits for a query's answers before it issues more, so with
+  `drain_on_issue_thread` its issue thread runs one of the query's tasks itself (a pool of workers - 1, the rest):
+  the same number in flight, one thread hand-off fewer inside each query's latency.
 - A draining worker answers its samples together, with one `QuerySamplesComplete` call per ANSWER_EVERY samples
   and one when the queue is empty, so the completion call is paid per run of samples, not per sample; the
   outputs are checked and encoded then too, back to back (`_drain` says why); response buffers are kept alive
@@ -20,7 +23,7 @@ The SUT's threading contract, the same under every scenario:
   outstanding and later sample is answered empty at once. Nothing raises into LoadGen's C++ threads (an
   exception there aborts the process).
 - `flush_queries` is a no-op: LoadGen calls it once it has issued its last query, for SUTs that hold samples
-  back to fill a batch; this one holds none back (each goes to the pool as it arrives), and LoadGen itself waits
+  back to fill a batch; this one holds none back (each is run as it arrives), and LoadGen itself waits
   for every outstanding answer before ending the test.
 Note: in Server LoadGen issues on its own schedule until min_duration (and min_query_count) are reached; a
 stop request answers those queries at once but cannot end the schedule sooner.
@@ -37,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from odbench.accuracy import encode_detections
+from odbench.accuracy import encode_detections, encode_if_clean
 from odbench.backend import Backend, infer_cycled
 from odbench.models import ModelSpec
 from odbench.output_checks import OutputTally, check_outputs
@@ -132,10 +135,14 @@ class DetectionSUT:
     outputs checked (odbench/output_checks.py: offending detections dropped and counted in `outputs`)."""
 
     def __init__(self, backend: Backend, library: SampleLibrary, spec: ModelSpec, workers: int = 1,
-                 batch_size: int = 1):
+                 batch_size: int = 1, drain_on_issue_thread: bool = False):
         self.backend, self.library, self.spec, self.workers = backend, library, spec, workers
         self.batch_size = batch_size
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut")
+        self.drain_on_issue_thread = drain_on_issue_thread  # never in Server (see the module docstring)
+        # the issue thread is one of the workers when it drains: the pool holds the rest, so no more than `workers`
+        # threads ever infer (a pool thread per worker would take the next MultiStream query's task while another
+        # is still finishing, and share its session)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers - drain_on_issue_thread), thread_name_prefix="sut")
         self.errors: list[BaseException] = []
         self.outputs = OutputTally()
         self._lock = threading.Lock()
@@ -155,7 +162,8 @@ class DetectionSUT:
         self.stopping = self.library.stopping = True
 
     def issue_queries(self, samples) -> None:
-        """LoadGen's issue callback (its issue thread): the query to the worker pool, none of it held back."""
+        """LoadGen's issue callback (its issue thread): the query to the worker pool, none of it held back; with
+        drain_on_issue_thread, this thread drains it too (the module docstring says when)."""
         with self._lock:
             self.issued += len(samples)
             self.first_issued_at = self.first_issued_at or time.perf_counter()
@@ -164,8 +172,11 @@ class DetectionSUT:
             if self.stopping:
                 self._complete_empty([sample_id for sample_id, _ in work.rest()])
                 return
-            for _ in range(min(self.workers, -(-len(samples) // self.batch_size))):
+            tasks = min(self.workers, -(-len(samples) // self.batch_size))
+            for _ in range(tasks - self.drain_on_issue_thread):
                 self.pool.submit(self._drain, work)
+            if self.drain_on_issue_thread:
+                self._drain(work)
         except BaseException as err:  # noqa: BLE001 — LoadGen must still get an answer, or it hangs
             self._record(err)
             self._complete_empty([sample_id for sample_id, _ in work.rest()])
@@ -248,7 +259,11 @@ class DetectionSUT:
         return self.backend.infer_batch([self.library[i] for i in qsl_idxs])
 
     def _rows(self, qsl_idx: int, found: Found) -> np.ndarray:
-        """A sample's (boxes, scores, labels) checked (odbench/output_checks.py) and encoded as accuracy-log rows."""
+        """A sample's (boxes, scores, labels) checked (odbench/output_checks.py) and encoded as accuracy-log rows:
+        in one pass when they pass unchanged, else through the checked copy with its problems counted."""
+        rows = encode_if_clean(qsl_idx, *found, self.spec)
+        if rows is not None:
+            return rows
         checked = check_outputs(*found, self.spec)
         self.outputs.add(qsl_idx, checked.problems)
         return encode_detections(qsl_idx, checked.boxes, checked.scores, checked.labels, self.spec)

@@ -22,13 +22,13 @@ import pytest
 from conftest import ROOT, stored_files
 
 from odbench import bounds
-from odbench.accuracy import decode_accuracy_log, encode_detections
+from odbench.accuracy import decode_accuracy_log, encode_detections, encode_if_clean
 from odbench.backend import OnnxBackend
 from odbench.benchmark import BenchmarkResult, run_benchmark
 from odbench.harness import run_loadgen
 from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import ModelSpec, get_spec
-from odbench.output_checks import BadModelOutputsError
+from odbench.output_checks import BadModelOutputsError, check_outputs
 from odbench.params import BenchmarkParams
 from odbench.report import summary_markdown, terminal_summary
 from odbench.standin import build_standin, constant_standin
@@ -126,6 +126,43 @@ def test_encoding_never_indexes_the_id_table_with_a_bad_label():
     for label in (-1, 0, 81):
         with pytest.raises(ValueError, match="outside its label space 1..80"):
             encode_detections(0, np.asarray([[0.1, 0.1, 0.2, 0.2]]), np.asarray([0.5]), np.asarray([label]), spec)
+
+
+@pytest.mark.parametrize("model_name", ["ssd_resnet34", "retinanet_coco", "retinanet_openimages"])
+def test_the_one_pass_encoding_of_clean_outputs_is_the_checked_one_bit_for_bit(model_name):
+    """Real stand-in outputs take the SUT's one-pass path and give the rows of the checked path exactly."""
+    spec = get_spec(model_name)
+    backend = OnnxBackend(build_standin(spec), spec, "cpu", 1)
+    for seed in range(3):
+        found = backend.infer(np.random.default_rng(seed).random((1, 3, spec.resolution, spec.resolution),
+                                                                 np.float32))
+        checked = check_outputs(*found, spec)
+        fast = encode_if_clean(5, *found, spec)
+        assert not checked.problems and len(found[1]) > 0 and fast is not None
+        assert fast.tobytes() == encode_detections(5, checked.boxes, checked.scores, checked.labels, spec).tobytes()
+
+
+def _variants(spec: ModelSpec) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Outputs the checks must see: each of hostile_rows' bad detections alone beside a good one, and the
+    shapes and types the contract excludes."""
+    boxes, scores, labels = (a.astype(t) for a, t in zip(hostile_rows(spec), (np.float32, np.float32, np.int64)))
+    cases = {f"detection {i}": (boxes[[0, i]], scores[[0, i]], labels[[0, i]]) for i in range(1, len(scores))}
+    good = boxes[:1], scores[:1], labels[:1]
+    many = spec.max_detections + 1
+    cases |= {"mismatched lengths": (boxes[:2], scores[:1], labels[:1]),
+              "float64 boxes": (good[0].astype(np.float64), *good[1:]),
+              "float labels": (*good[:2], good[2].astype(np.float32)),
+              "boxes [K, 1, 4]": (good[0].reshape(1, 1, 4), *good[1:]),
+              "labels [K, 1]": (*good[:2], good[2].reshape(1, 1)),
+              "too many": (np.repeat(good[0], many, 0), np.repeat(good[1], many), np.repeat(good[2], many))}
+    return cases
+
+
+@pytest.mark.parametrize("model_name", ["ssd_resnet34", "retinanet_coco"])
+def test_outputs_with_any_problem_or_off_contract_take_the_checked_path(model_name):
+    spec = get_spec(model_name)
+    for name, found in _variants(spec).items():
+        assert encode_if_clean(0, *found, spec) is None, name
 
 
 # --- parameters: each fails before LoadGen (and before any download), naming itself -------------------

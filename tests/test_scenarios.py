@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from odbench.backend import OnnxBackend
-from odbench.benchmark import run_benchmark
+from odbench.benchmark import _Bench, run_benchmark
 from odbench.harness import run_loadgen
 from odbench.loadgen_log import LoadGenSummary, summarize
-from odbench.loadgen_settings import QUICK_MIN_QUERY_COUNT, LoadGenConfig
+from odbench.loadgen_settings import QUICK_MIN_QUERY_COUNT, SCENARIOS, LoadGenConfig
 from odbench.models import get_spec
 from odbench.params import BenchmarkParams
 from odbench.standin import build_standin
@@ -222,9 +222,13 @@ class _Scripted:
         return self.inner.infer(x)
 
 
-def _sut(backend, workers: int) -> DetectionSUT:
+def _sut(backend, workers: int, on_issue_thread: bool = False) -> DetectionSUT:
     library = SampleLibrary(N, lambda i: np.random.default_rng(i).random((1, 3, 800, 800), np.float32))
-    return DetectionSUT(backend, library, RETINANET, workers=workers)
+    return DetectionSUT(backend, library, RETINANET, workers=workers, drain_on_issue_thread=on_issue_thread)
+
+
+# each scenario with its queries handed to the pool, and (not Server: a run never does) drained on the issue thread
+DRAINS = [(scenario, False) for scenario in TIMED] + [(scenario, True) for scenario in TIMED if scenario != "Server"]
 
 
 def _expected_samples(scenario: str) -> int:
@@ -235,9 +239,10 @@ def _fail() -> None:
     raise RuntimeError("inference 5 failed on purpose")
 
 
-@pytest.mark.parametrize("scenario", list(TIMED))
-def test_a_failing_inference_ends_the_test_with_its_error_every_sample_answered_once(tmp_path, scenario):
-    sut = _sut(_Scripted(5, _fail), workers=2)
+@pytest.mark.parametrize("scenario, on_issue_thread", DRAINS)
+def test_a_failing_inference_ends_the_test_with_its_error_every_sample_answered_once(tmp_path, scenario,
+                                                                                     on_issue_thread):
+    sut = _sut(_Scripted(5, _fail), workers=2, on_issue_thread=on_issue_thread)
     config = LoadGenConfig(scenario, "PerformanceOnly", count_override=COUNT, **TIMED[scenario])
     with pytest.raises(RuntimeError, match=re.escape("1 inference(s) failed; first: RuntimeError('inference 5 "
                                                      "failed on purpose')")):
@@ -246,10 +251,10 @@ def test_a_failing_inference_ends_the_test_with_its_error_every_sample_answered_
     assert "result_validity" in (tmp_path / "mlperf_log_detail.txt").read_text()  # LoadGen finished its test
 
 
-@pytest.mark.parametrize("scenario", list(TIMED))
-def test_a_stop_request_answers_the_rest_at_once_and_loadgen_ends(tmp_path, scenario):
+@pytest.mark.parametrize("scenario, on_issue_thread", DRAINS)
+def test_a_stop_request_answers_the_rest_at_once_and_loadgen_ends(tmp_path, scenario, on_issue_thread):
     holder: list[DetectionSUT] = []
-    sut = _sut(_Scripted(5, lambda: holder[0].request_stop()), workers=2)
+    sut = _sut(_Scripted(5, lambda: holder[0].request_stop()), workers=2, on_issue_thread=on_issue_thread)
     holder.append(sut)
     config = LoadGenConfig(scenario, "PerformanceOnly", count_override=COUNT, **TIMED[scenario])
     _within(GUARD_S, lambda: run_loadgen(sut, config, RETINANET.loadgen_model, tmp_path))
@@ -354,3 +359,45 @@ def test_a_sample_whose_rows_fail_is_answered_empty_and_its_neighbours_as_usual(
         _within(GUARD_S, lambda: run_loadgen(sut, config, RETINANET.loadgen_model, tmp_path))
     assert sut.issued == sut.answered == sut.completed == 40 and sut.in_flight == 0
     assert 0 < len(sut.errors) < 40 and all("sample 3" in str(err) for err in sut.errors)
+
+
+class _ThreadsSeen(_Scripted):
+    """The stand-in backend, recording the name of each thread that infers."""
+
+    def __init__(self):
+        super().__init__(0, lambda: None)
+        self.threads: list[str] = []
+
+    def infer(self, x):
+        self.threads.append(threading.current_thread().name)
+        return super().infer(x)
+
+
+@pytest.mark.parametrize("scenario, workers, on_issue_thread, pool_threads", [
+    ("SingleStream", 1, True, 0),  # every query on LoadGen's issue thread: no hand-off inside its latency
+    ("SingleStream", 1, False, 1),
+    ("Offline", 2, True, 1),  # the issue thread and one pool thread: still 2 in flight
+    ("Offline", 2, False, 2),
+    ("MultiStream", 4, True, 3),  # never a 5th thread, though a query's tasks may end while the next one starts
+])
+def test_loadgens_issue_thread_drains_a_query_alongside_the_pool_when_asked(tmp_path, scenario, workers,
+                                                                            on_issue_thread, pool_threads):
+    backend = _ThreadsSeen()
+    library = SampleLibrary(N, lambda i: np.random.default_rng(i).random((1, 3, 800, 800), np.float32))
+    sut = DetectionSUT(backend, library, RETINANET, workers=workers, drain_on_issue_thread=on_issue_thread)
+    config = LoadGenConfig(scenario, "PerformanceOnly", count_override=COUNT * 4, **TIMED[scenario])
+    _within(GUARD_S, lambda: run_loadgen(sut, config, RETINANET.loadgen_model, tmp_path))
+    assert sut.issued == sut.answered == sut.completed == _expected_samples(scenario) * 4 and not sut.errors
+    issue_thread = {name for name in backend.threads if not name.startswith("sut")}
+    assert len(set(backend.threads) - issue_thread) == pool_threads and bool(issue_thread) == on_issue_thread
+
+
+def test_a_runs_sut_drains_on_loadgens_issue_thread_in_every_scenario_but_server(synthetic_dir):
+    """Server's issue thread must return at once (its arrivals are scheduled); the others wait for each answer."""
+    bench = _Bench(_params(synthetic_dir, loadgen_concurrency=2), RETINANET, model=None, backend=None,
+                   load=lambda i: None, count=N, annotations={})
+    drains = {scenario: bench.sut(scenario) for scenario in SCENARIOS}
+    assert {s: sut.drain_on_issue_thread for s, sut in drains.items()} == {s: s != "Server" for s in SCENARIOS}
+    assert drains["Server"].pool._max_workers == 2 and drains["Offline"].pool._max_workers == 1
+    for sut in drains.values():
+        sut.close()
