@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -76,6 +77,65 @@ def cpu_model() -> str:
 def cpu_count() -> int:
     """Logical CPUs of the machine (0 when unknown)."""
     return os.cpu_count() or 0
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may keep busy: its affinity (a cpuset's CPUs, not the host's count), lowered to its
+    cgroup's CPU quota rounded up (docker --cpus, a Kubernetes CPU limit), so a 2-CPU container on a 64-core host
+    starts 2 workers, not 64."""
+    try:
+        cpus = len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow (v2 `cpu.max`, v1 `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us`), the tightest from its own cgroup up to the root; None where none is set or readable."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            quotas += [_v2_quota(folder) for folder in _up_to(root, path)]
+        elif "cpu" in controllers.split(","):
+            quotas += [_v1_quota(folder) for folder in _up_to(root / controllers, path)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _up_to(root: Path, path: str) -> list[Path]:
+    """The cgroup folder of `path` under `root` and each parent up to `root` itself (never above it)."""
+    parts = [part for part in path.split("/") if part not in ("", ".", "..")]
+    return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(folder: Path) -> float | None:
+    """`cpu.max` ("<quota> <period>", or "max <period>": none) as CPUs."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    """`cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`, as CPUs."""
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def machine_facts() -> dict[str, str]:

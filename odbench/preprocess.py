@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import numpy as np
 from odbench.dataset import DatasetImage, DatasetManifest
 from odbench.image_header import read_header
 from odbench.limits import Limits
+from odbench.machine import usable_cpus
 from odbench.models import ModelSpec
 from odbench.storage import Storage
 
@@ -183,15 +183,6 @@ def decode_sample(data: bytes, jpeg_md5: str, resolution: int, *,
     if hashlib.sha256(pixels).hexdigest() != header.get("sha256"):
         raise CorruptSampleError("its pixels do not match their sha256 (altered)")
     return np.frombuffer(data, stored, count=resolution * resolution * 3, offset=end + 1).reshape(shape)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a cpuset's CPUs, not the host's count; a CPU quota such as
-    docker --cpus is not seen)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 _opencv_lock = threading.Lock()
