@@ -5,9 +5,10 @@
 Section 3 of docs/performance.md found the harness a few percent behind the bare loop on SSD, and its SingleStream
 p90 1.6 ms behind with fp32 host inputs, with no CPU cost of the harness to explain it. This splits each gap
 into the engine's time (every `infer` call timed, in both loops) and the time around it, and tests the two
-suspects: the thread that makes the call (the bare SingleStream loop runs on the main thread, the SUT on pool
-threads) and the host memory the input is copied from (pageable, or page-locked with cudaHostRegister). For each
-model and option set, `--rounds` rounds (every other one in the opposite order; the medians are printed):
+suspects: the thread that makes the call (the bare SingleStream loop runs on the main thread, the SUT on LoadGen's
+issue thread and pool threads) and the host memory the input is copied from (pageable, or page-locked with
+cudaHostRegister). For each model and option set, `--rounds` rounds (every other one in the opposite order; the
+medians are printed):
 - SingleStream: p50/p90 of the bare loop on the main thread and on one pool thread, LoadGen's through the harness,
   and the engine calls' own p90 in each;
 - Offline: samples/s of both, the mean engine call in ms, and the µs per sample the calling threads spend outside
