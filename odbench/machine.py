@@ -100,22 +100,34 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERS
     `cpu.cfs_period_us`), the tightest from its own cgroup up to the root; None where none is set or readable."""
     try:
         lines = membership.read_text().splitlines()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not UTF-8
         return None
     quotas = []
     for line in lines:
+        if line.count(":") < 2:
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # v2: one unified hierarchy
             quotas += [_v2_quota(folder) for folder in _up_to(root, path)]
         elif "cpu" in controllers.split(","):
-            quotas += [_v1_quota(folder) for folder in _up_to(root / controllers, path)]
+            quotas += [_v1_quota(folder) for folder in _up_to(_v1_mount(root, controllers), path)]
     found = [q for q in quotas if q is not None]
     return min(found) if found else None
 
 
+def _v1_mount(root: Path, controllers: str) -> Path:
+    """The v1 cpu controller's folder: named as the line lists its controllers, or as distributions mount it
+    (`cpu,cpuacct` for a line's `cpuacct,cpu`, or the `cpu` link)."""
+    names = (controllers, ",".join(sorted(controllers.split(","), key=lambda c: c != "cpu")), "cpu")
+    return next((root / name for name in names if (root / name).is_dir()), root / controllers)
+
+
 def _up_to(root: Path, path: str) -> list[Path]:
-    """The cgroup folder of `path` under `root` and each parent up to `root` itself (never above it)."""
-    parts = [part for part in path.split("/") if part not in ("", ".", "..")]
+    """The cgroup folder of `path` under `root` and each parent up to `root` itself (never above it); none for a
+    path with `..` (a cgroup outside this namespace's root: its parents here are not its ancestors)."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return []
     return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 

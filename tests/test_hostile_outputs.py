@@ -154,6 +154,8 @@ def _variants(spec: ModelSpec) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
               "float labels": (*good[:2], good[2].astype(np.float32)),
               "boxes [K, 1, 4]": (good[0].reshape(1, 1, 4), *good[1:]),
               "labels [K, 1]": (*good[:2], good[2].reshape(1, 1)),
+              "scores [K, 1]": (good[0], good[1].reshape(1, 1), good[2]),
+              "float64 scores": (good[0], good[1].astype(np.float64), good[2]),
               "too many": (np.repeat(good[0], many, 0), np.repeat(good[1], many), np.repeat(good[2], many))}
     return cases
 

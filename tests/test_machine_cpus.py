@@ -41,9 +41,24 @@ def test_no_quota_unset_unreadable_or_garbled_is_none(tmp_path):
     assert cgroup_cpu_quota(tmp_path / "cg", tmp_path / "no-such-file") is None
 
 
-def test_a_path_climbing_out_of_the_root_reads_nothing_above_it(tmp_path):
-    membership = _tree(tmp_path, {"cpu.max": "100000 100000\n", "cg/cpu.max": "max 100000\n"}, "0::/../../x\n")
-    assert cgroup_cpu_quota(tmp_path / "cg", membership) is None  # tmp_path/cpu.max lies above the root
+def test_a_path_outside_the_namespace_root_reads_nothing(tmp_path):
+    """`/../x`: a cgroup outside this namespace's root, whose folders here (or above the root) are not its own."""
+    membership = _tree(tmp_path, {"cpu.max": "100000 100000\n", "cg/cpu.max": "50000 100000\n",
+                                  "cg/x/cpu.max": "50000 100000\n"}, "0::/../../x\n")
+    assert cgroup_cpu_quota(tmp_path / "cg", membership) is None
+
+
+def test_v1_controllers_listed_in_another_order_find_their_mount(tmp_path):
+    membership = _tree(tmp_path, {"cg/cpu,cpuacct/cpu.cfs_quota_us": "50000\n",
+                                  "cg/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, "2:cpuacct,cpu:/\n")
+    assert cgroup_cpu_quota(tmp_path / "cg", membership) == 0.5
+
+
+def test_malformed_or_foreign_lines_are_skipped_not_raised(tmp_path):
+    membership = _tree(tmp_path, {"cg/cpu.max": "300000 100000\n"}, "\ngarbage\n1:name=systemd:/\n0::/\n")
+    assert cgroup_cpu_quota(tmp_path / "cg", membership) == 3.0
+    (tmp_path / "latin1").write_bytes(b"0::/caf\xe9\n")
+    assert cgroup_cpu_quota(tmp_path / "cg", tmp_path / "latin1") is None
 
 
 def test_this_process_uses_its_affinity_lowered_to_its_own_quota():
