@@ -34,7 +34,7 @@ from odbench.loadgen_log import summarize  # noqa: E402
 from odbench.loadgen_settings import LoadGenConfig  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
 from odbench.standin import constant_standin  # noqa: E402
-from odbench.sut import DetectionSUT, SampleLibrary  # noqa: E402
+from odbench.sut import DetectionSUT, SampleLibrary, waits_for_answers  # noqa: E402
 
 DETECTIONS = 10  # rows each answer carries: enough for the checks and the encoding to do real work
 DISTINCT_SAMPLES = 16  # in-memory inputs, cycled
@@ -82,7 +82,7 @@ def harness(backend: OnnxBackend, spec: ModelSpec, inputs: list, scenario: str, 
     thread only hands queries over, as in Server (a run's SUT drains them on it too outside Server)."""
     library = SampleLibrary(len(inputs), lambda i: inputs[i])
     sut = DetectionSUT(backend, library, spec, workers=concurrency, batch_size=backend.batch_size,
-                       drain_on_issue_thread=scenario != "Server" and not pool_only)
+                       drain_on_issue_thread=waits_for_answers(scenario) and not pool_only)
     target = {"target_qps": 1e5} if scenario == "Offline" else {"target_latency_ms": 0.05}
     config = LoadGenConfig(scenario=scenario, mode="PerformanceOnly", count_override=samples, profile="quick",
                            buffer_size=len(inputs), **target)

@@ -41,7 +41,7 @@ from odbench.preprocess import load_sample, preprocess, to_model_input
 from odbench.progress import LogProgress
 from odbench.redact import redact_text
 from odbench.storage import Storage
-from odbench.sut import DetectionSUT, SampleLibrary, Warmup, warm_up
+from odbench.sut import DetectionSUT, SampleLibrary, Warmup, waits_for_answers, warm_up
 
 log = logging.getLogger(__name__)
 AGREEMENT_SAMPLES = 2  # samples an fp16 run compares with fp32 (two sessions more, briefly; seconds on a CPU)
@@ -189,7 +189,7 @@ class _Bench:
         thread drains each query too (odbench/sut.py)."""
         return DetectionSUT(self.backend, SampleLibrary(self.count, self.load), self.spec,
                             workers=self.params.loadgen_concurrency, batch_size=self.params.batch_size,
-                            drain_on_issue_thread=scenario != "Server")
+                            drain_on_issue_thread=waits_for_answers(scenario))
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,12 @@ class SampleLibrary:
         return self._samples[idx]
 
 
+def waits_for_answers(scenario: str) -> bool:
+    """Whether LoadGen issues no more queries until the current one is answered (every scenario but Server), so that
+    its issue thread may drain the query itself (`DetectionSUT`'s drain_on_issue_thread; the module docstring)."""
+    return scenario != "Server"
+
+
 ANSWER_EVERY = 64  # samples a draining worker answers together (Offline's one query of every sample)
 Item = tuple[int, int]  # (LoadGen's sample id, qsl_idx)
 Found = tuple[np.ndarray, np.ndarray, np.ndarray]  # one sample's raw (boxes, scores, labels), as Backend.infer gives
