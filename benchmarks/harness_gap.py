@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_hot_path import BEST, NONE, Row, Setup, Variant, count_for  # noqa: E402
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
-from odbench.backend import OnnxBackend  # noqa: E402
+from odbench.backend import Detections, OnnxBackend  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
 
 PARTS = ("head", "between", "tail", "beyond", "total")  # see `outside`
@@ -63,10 +63,10 @@ class TimedBackend:
     def prime(self, x: Any) -> None:
         self._backend.prime(x)
 
-    def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, x: Any) -> Detections:
         return self._timed(self._backend.infer, x, 1)
 
-    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def infer_batch(self, xs: Sequence[Any]) -> list[Detections]:
         return self._timed(self._backend.infer_batch, xs, len(xs))
 
     def _timed(self, call: Callable[[Any], Any], arg: Any, inputs: int) -> Any:

@@ -21,6 +21,7 @@ from odbench.models import ModelSpec
 from odbench.split_model import SplitModel
 
 log = logging.getLogger(__name__)
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # one image's boxes [K, 4], scores [K], labels [K]
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when the library loads: see the module docstring
 
 DEVICE_PROVIDERS = {
@@ -51,12 +52,12 @@ class Backend(Protocol):
         """A model input where `infer` reads it (the array itself, or a copy in accelerator memory)."""
         ...
 
-    def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, x: Any) -> Detections:
         """Model outputs as (boxes [K,4], scores [K], labels [K]) in the model's own convention; `x` is a
         model input as `place` returned it."""
         ...
 
-    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def infer_batch(self, xs: Sequence[Any]) -> list[Detections]:
         """`infer`'s answer for each input, from one inference of them all (needed only with batch_size > 1)."""
         ...
 
@@ -182,13 +183,13 @@ class OnnxBackend:
             if self.batch_size > 1:
                 self._run(session, np.concatenate([x] * self.batch_size))
 
-    def infer(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, x: Any) -> Detections:
         if self.batch_size > 1:
             return self.infer_batch([x])[0]
         outputs = self._run(self._thread_session(), x)
         return _flat(self._post_process(outputs, x, 0) if self._split else outputs)
 
-    def infer_batch(self, xs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def infer_batch(self, xs: Sequence[Any]) -> list[Detections]:
         """Each input's detections, from one inference over up to batch_size inputs ([1, ...] host arrays)."""
         if not 0 < len(xs) <= self.batch_size:
             raise ValueError(f"a batch of {len(xs)} inputs: this model takes 1 to {self.batch_size}")
@@ -220,7 +221,7 @@ class OnnxBackend:
         return binding.copy_outputs_to_cpu()
 
 
-def _flat(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _flat(outputs: list[np.ndarray]) -> Detections:
     """One image's (boxes, scores, labels) as [K, 4], [K], [K], whatever leading dims the model gives them."""
     boxes, scores, labels = outputs
     return boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

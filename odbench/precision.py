@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from odbench.backend import requested_providers  # imported first: it sets onnxruntime's telemetry off
+from odbench.backend import Detections, requested_providers  # imported first: it sets onnxruntime's telemetry off
 from odbench.models import ModelSpec
 from odbench.onnx_graph import CONV_OPS, conv_trunk, elem_types, node_reads, outer_reads, rename_reads, subgraphs
 
@@ -268,7 +268,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K, 4], scores [K], labels [K]
 
 
 def reproduced(reference: Detections, test: Detections, min_iou: float = MATCH_IOU) -> int:

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from odbench.accuracy import encode_detections, encode_if_clean
-from odbench.backend import Backend, infer_cycled
+from odbench.backend import Backend, Detections, infer_cycled
 from odbench.models import ModelSpec
 from odbench.output_checks import OutputTally, check_outputs
 
@@ -108,7 +108,6 @@ def waits_for_answers(scenario: str) -> bool:
 
 ANSWER_EVERY = 64  # samples a draining worker answers together (Offline's one query of every sample)
 Item = tuple[int, int]  # (LoadGen's sample id, qsl_idx)
-Found = tuple[np.ndarray, np.ndarray, np.ndarray]  # one sample's raw (boxes, scores, labels), as Backend.infer gives
 
 
 class _Work:
@@ -197,7 +196,7 @@ class DetectionSUT:
         not after each inference: right after one, they run several times slower, evicted from the CPU's caches
         (measured by benchmarks/harness_gap.py: docs/performance.md section 3b)."""
         self._begin()
-        inferred: list[tuple[int, int, Found | None]] = []  # (sample id, qsl_idx, outputs; None: failed)
+        inferred: list[tuple[int, int, Detections | None]] = []  # (sample id, qsl_idx, outputs; None: failed)
         group: list[Item] = []
         ran = 0
         try:
@@ -218,7 +217,7 @@ class DetectionSUT:
             finally:
                 self._end(ran)
 
-    def _infer_or_record(self, qsl_idxs: list[int]) -> list[Found | None]:
+    def _infer_or_record(self, qsl_idxs: list[int]) -> list[Detections | None]:
         """Each sample's raw outputs, or None for all (the error recorded: the run fails afterwards; LoadGen still
         gets an answer)."""
         try:
@@ -230,11 +229,11 @@ class DetectionSUT:
             self._record(err)
             return [None] * len(qsl_idxs)
 
-    def _answers(self, inferred: list[tuple[int, int, Found | None]]) -> list[tuple[int, np.ndarray]]:
+    def _answers(self, inferred: list[tuple[int, int, Detections | None]]) -> list[tuple[int, np.ndarray]]:
         """(sample id, accuracy-log rows) for each inferred sample, in order."""
         return [(sample_id, self._rows_or_record(qsl_idx, found)) for sample_id, qsl_idx, found in inferred]
 
-    def _rows_or_record(self, qsl_idx: int, found: Found | None) -> np.ndarray:
+    def _rows_or_record(self, qsl_idx: int, found: Detections | None) -> np.ndarray:
         """A sample's rows; none for a failed inference, or when they cannot be built (the error recorded)."""
         if found is None:
             return _NO_ROWS
@@ -258,13 +257,13 @@ class DetectionSUT:
             if self.in_flight == 0:
                 self.busy_s += time.perf_counter() - self._busy_since
 
-    def _infer_group(self, qsl_idxs: list[int]) -> Sequence[Found]:
+    def _infer_group(self, qsl_idxs: list[int]) -> Sequence[Detections]:
         """The samples' raw outputs: one sample through `infer`, several from one batched inference."""
         if len(qsl_idxs) == 1:
             return [self.backend.infer(self.library[qsl_idxs[0]])]
         return self.backend.infer_batch([self.library[i] for i in qsl_idxs])
 
-    def _rows(self, qsl_idx: int, found: Found) -> np.ndarray:
+    def _rows(self, qsl_idx: int, found: Detections) -> np.ndarray:
         """A sample's (boxes, scores, labels) checked (odbench/output_checks.py) and encoded as accuracy-log rows:
         in one pass when they pass unchanged, else through the checked copy with its problems counted."""
         rows = encode_if_clean(qsl_idx, *found, self.spec)

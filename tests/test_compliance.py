@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from odbench import compliance
-from odbench.backend import OnnxBackend
+from odbench.backend import Detections, OnnxBackend
 from odbench.harness import run_loadgen
 from odbench.loadgen_log import read_detail_log
 from odbench.loadgen_settings import LoadGenConfig
 from odbench.models import get_spec
 from odbench.preprocess import decode_resize, to_model_input
 from odbench.standin import build_standin
-from odbench.sut import DetectionSUT, Found, SampleLibrary
+from odbench.sut import DetectionSUT, SampleLibrary
 
 SPEC = get_spec("retinanet")
 MODEL_KEY = SPEC.loadgen_model
@@ -74,7 +74,7 @@ class TopOnlyOnRepeatsSUT(DetectionSUT):
         super().__init__(*args, **kwargs)
         self.seen: set[int] = set()  # not `answered`: the SUT counts its answers under that name
 
-    def _rows(self, qsl_idx: int, found: Found) -> np.ndarray:
+    def _rows(self, qsl_idx: int, found: Detections) -> np.ndarray:
         rows = super()._rows(qsl_idx, found)
         repeat = qsl_idx in self.seen
         self.seen.add(qsl_idx)
@@ -90,10 +90,10 @@ class ReusesLastAnswerSUT(DetectionSUT):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.last: tuple[int, Found] | None = None
+        self.last: tuple[int, Detections] | None = None
         self.hits = 0
 
-    def _infer_group(self, qsl_idxs: list[int]) -> list[Found]:
+    def _infer_group(self, qsl_idxs: list[int]) -> list[Detections]:
         (qsl_idx,) = qsl_idxs  # batch_size 1: one sample per inference
         if self.last is not None and self.last[0] == qsl_idx:
             self.hits += 1
