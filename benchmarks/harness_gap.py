@@ -40,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_hot_path import BEST, NONE, Row, Setup, Variant, count_for  # noqa: E402
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
+from odbench.accuracy import encode_if_clean  # noqa: E402
 from odbench.backend import Detections, OnnxBackend  # noqa: E402
-from odbench.models import get_spec  # noqa: E402
+from odbench.models import ModelSpec, get_spec  # noqa: E402
 
 PARTS = ("head", "between", "tail", "beyond", "total")  # see `outside`
+SS_SIDES = ("main", "rows", "pool", "harness")  # see `single_stream`
 
 
 Call = tuple[int, float, float, int]  # the calling thread's id, perf_counter at the start and end, inputs
@@ -146,11 +148,19 @@ def offline(timed: TimedBackend, setup: Setup, inputs: list, workers: int, sampl
     return {"rate": rate, "call_ms": inside * 1000 / len(calls), **outside(calls, span, done / rate, done)}
 
 
+def _encode(qsl_idx: int, found: Detections, spec: ModelSpec) -> None:
+    """The SUT's per-sample work on a clean answer (odbench/sut.py `_rows`)."""
+    encode_if_clean(qsl_idx, *found, spec)
+
+
 def single_stream(timed: TimedBackend, setup: Setup, inputs: list, samples: int, where: str) -> dict[str, float]:
-    """SingleStream's p50/p90 and the engine calls' own p90 (ms): the bare loop on the main thread or on a pool
-    thread, or LoadGen's through the harness."""
+    """SingleStream's p50/p90 and the engine calls' own p90 (ms): the bare loop on the main thread (`rows`: also
+    encoding each answer's accuracy-log rows, as the SUT does) or on a pool thread, or LoadGen's through the
+    harness."""
     if where == "main":
         p50, p90 = bare_latencies_ms(timed, inputs, samples)
+    elif where == "rows":
+        p50, p90 = bare_latencies_ms(timed, inputs, samples, then=partial(_encode, spec=setup.spec))
     elif where == "pool":
         with ThreadPoolExecutor(max_workers=1) as pool:
             p50, p90 = pool.submit(bare_latencies_ms, timed, inputs, samples).result()
@@ -162,10 +172,11 @@ def single_stream(timed: TimedBackend, setup: Setup, inputs: list, samples: int,
 
 def one_round(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int,
               reverse: bool) -> dict[str, float]:
-    """Every measure once (SingleStream on the main thread, on a pool thread and through the harness; Offline bare
-    and through the harness), in that order or, `reverse`, the opposite one, so drift favours neither side."""
+    """Every measure once (SingleStream on the main thread, there also encoding, on a pool thread and through the
+    harness; Offline bare and through the harness), in that order or, `reverse`, the opposite one, so drift favours
+    neither side."""
     steps = {f"ss_{where}": partial(single_stream, timed, setup, inputs, max(16, samples // workers // 2), where)
-             for where in ("main", "pool", "harness")}
+             for where in SS_SIDES}
     steps |= {f"off_{side}": partial(offline, timed, setup, inputs, workers, samples, side)
               for side in ("bare", "harness")}
     m: dict[str, float] = {}
@@ -186,12 +197,12 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: b
     name = f"{variant.label}{', inputs page-locked' if pin else ''}; median of {rounds}"
     ratio = m["off_harness_rate"] / m["off_bare_rate"]
     return [
-        (setup.label, name, "SingleStream p50 / p90 ms: bare main thread | bare pool thread | harness",
-         f"{m['ss_main_p50']:.3f} / {m['ss_main_p90']:.3f} | {m['ss_pool_p50']:.3f} / {m['ss_pool_p90']:.3f} | "
-         f"{m['ss_harness_p50']:.3f} / {m['ss_harness_p90']:.3f}",
-         f"harness − main {m['ss_harness_p90'] - m['ss_main_p90']:+.3f} ms at p90"),
-        (setup.label, name, "SingleStream p90 ms inside infer: main | pool | harness",
-         f"{m['ss_main_infer_p90']:.3f} | {m['ss_pool_infer_p90']:.3f} | {m['ss_harness_infer_p90']:.3f}",
+        (setup.label, name, "SingleStream p50 / p90 ms: bare main thread | the same encoding rows | bare pool thread "
+         "| harness", " | ".join(f"{m[f'ss_{where}_p50']:.3f} / {m[f'ss_{where}_p90']:.3f}" for where in SS_SIDES),
+         f"harness − main {m['ss_harness_p90'] - m['ss_main_p90']:+.3f} ms at p90, rows − main "
+         f"{m['ss_rows_p90'] - m['ss_main_p90']:+.3f}"),
+        (setup.label, name, "SingleStream p90 ms inside infer: main | rows | pool | harness",
+         " | ".join(f"{m[f'ss_{where}_infer_p90']:.3f}" for where in SS_SIDES),
          f"harness − main {m['ss_harness_infer_p90'] - m['ss_main_infer_p90']:+.3f} ms"),
         (setup.label, name, f"Offline samples/s, {workers} in flight: bare | harness",
          f"{m['off_bare_rate']:,.2f} | {m['off_harness_rate']:,.2f}", f"harness / bare {ratio:.3f}"),

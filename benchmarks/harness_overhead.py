@@ -21,13 +21,13 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odbench.backend import OnnxBackend, infer_cycled  # noqa: E402
+from odbench.backend import Detections, OnnxBackend, infer_cycled  # noqa: E402
 from odbench.energy import EnergyMeter  # noqa: E402
 from odbench.harness import run_loadgen  # noqa: E402
 from odbench.loadgen_log import summarize  # noqa: E402
@@ -63,12 +63,16 @@ def bare_offline(backend: OnnxBackend, inputs: list[np.ndarray], samples: int, c
     return share * concurrency / (time.perf_counter() - start)
 
 
-def bare_latencies_ms(backend: OnnxBackend, inputs: list[np.ndarray], samples: int) -> tuple[float, float]:
-    """p50 and p90 in ms of sequential inferences, one at a time (SingleStream's pattern)."""
+def bare_latencies_ms(backend: OnnxBackend, inputs: list[np.ndarray], samples: int,
+                      then: Callable[[int, Detections], Any] | None = None) -> tuple[float, float]:
+    """p50 and p90 in ms of sequential inferences, one at a time (SingleStream's pattern); `then`, given the
+    sample's index and detections, runs inside each timed step (the SUT's per-sample work, for comparison)."""
     latencies = []
     for i in range(samples):
         t0 = time.perf_counter()
-        backend.infer(inputs[i % len(inputs)])
+        found = backend.infer(inputs[i % len(inputs)])
+        if then is not None:
+            then(i % len(inputs), found)
         latencies.append(time.perf_counter() - t0)
     p50, p90 = np.percentile(latencies, [50, 90]) * 1000
     return float(p50), float(p90)
