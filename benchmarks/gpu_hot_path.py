@@ -25,8 +25,10 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -45,6 +47,8 @@ from odbench.preprocess import to_model_input  # noqa: E402
 from odbench.split_model import SplitModel  # noqa: E402
 from odbench.standin import build_standin  # noqa: E402
 from odbench.standin_full import PROBE_SEED, probe_image  # noqa: E402
+
+T = TypeVar("T")
 
 DISTINCT_SAMPLES = 8
 WARMUP = 10
@@ -199,6 +203,12 @@ def agreement_rows(setup: Setup) -> list[Row]:
     return rows
 
 
+def alternated(steps: Mapping[str, Callable[[], T]], rounds: int) -> list[dict[str, T]]:
+    """Each step once per round, every other round in the opposite order so drift favours none: each round's results
+    by step name."""
+    return [{name: steps[name]() for name in (reversed(steps) if k % 2 else steps)} for k in range(rounds)]
+
+
 def paired_rows(setup: Setup, variant: Variant, rounds: int, seconds: float) -> list[Row]:
     """Bare loop and harness on one session with the same options, alternated `rounds` times (drift hits both; every
     other round harness first), best of each: Offline samples/s and SingleStream p90, with the harness's ratio and
@@ -211,10 +221,8 @@ def paired_rows(setup: Setup, variant: Variant, rounds: int, seconds: float) -> 
              "ours": lambda: harness(backend, setup.spec, inputs, "Offline", samples, workers)["samples_per_second"],
              "bare_p90": lambda: bare_latencies_ms(backend, inputs, single)[1],
              "ours_p90": lambda: harness(backend, setup.spec, inputs, "SingleStream", single, 1)["p90_ms"]}
-    best = {"bare": 0.0, "ours": 0.0, "bare_p90": float("inf"), "ours_p90": float("inf")}
-    for k in range(rounds):  # every other round in the opposite order, so drift favours neither side
-        for name in reversed(steps) if k % 2 else steps:
-            best[name] = (min if name.endswith("p90") else max)(best[name], steps[name]())
+    runs = alternated(steps, rounds)
+    best = {name: (min if name.endswith("p90") else max)(run[name] for run in runs) for name in steps}
     bare, ours, bare_p90, ours_p90 = best["bare"], best["ours"], best["bare_p90"], best["ours_p90"]
     name = f"{variant.label}; best of {rounds} alternated"
     return [(setup.label, f"bare loop, {name}", "Offline samples/s", f"{bare:,.2f}", ""),

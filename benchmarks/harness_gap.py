@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_hot_path import BEST, NONE, Row, Setup, Variant, count_for  # noqa: E402
+from gpu_hot_path import BEST, NONE, Row, Setup, Variant, alternated, count_for  # noqa: E402
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
 from odbench.accuracy import encode_if_clean  # noqa: E402
@@ -170,19 +170,14 @@ def single_stream(timed: TimedBackend, setup: Setup, inputs: list, samples: int,
     return {"p50": p50, "p90": p90, "infer_p90": _p90_ms(timed.taken())}
 
 
-def one_round(timed: TimedBackend, setup: Setup, inputs: list, workers: int, samples: int,
-              reverse: bool) -> dict[str, float]:
-    """Every measure once (SingleStream on the main thread, there also encoding, on a pool thread and through the
-    harness; Offline bare and through the harness), in that order or, `reverse`, the opposite one, so drift favours
-    neither side."""
+def round_steps(timed: TimedBackend, setup: Setup, inputs: list, workers: int,
+                samples: int) -> dict[str, Callable[[], dict[str, float]]]:
+    """Every measure of one round: SingleStream on the main thread, there also encoding, on a pool thread and
+    through the harness; Offline bare and through the harness."""
     steps = {f"ss_{where}": partial(single_stream, timed, setup, inputs, max(16, samples // workers // 2), where)
              for where in SS_SIDES}
-    steps |= {f"off_{side}": partial(offline, timed, setup, inputs, workers, samples, side)
-              for side in ("bare", "harness")}
-    m: dict[str, float] = {}
-    for name in reversed(steps) if reverse else steps:
-        m |= {f"{name}_{key}": value for key, value in steps[name]().items()}
-    return m
+    return steps | {f"off_{side}": partial(offline, timed, setup, inputs, workers, samples, side)
+                    for side in ("bare", "harness")}
 
 
 def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: bool) -> list[Row]:
@@ -192,7 +187,8 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: b
     workers = variant.loadgen_concurrency
     samples = count_for(backend, inputs, workers, seconds)
     with page_locked(inputs) if pin else contextlib.nullcontext():
-        runs = [one_round(timed, setup, inputs, workers, samples, reverse=k % 2 == 1) for k in range(rounds)]
+        runs = [{f"{step}_{key}": value for step, measured in run.items() for key, value in measured.items()}
+                for run in alternated(round_steps(timed, setup, inputs, workers, samples), rounds)]
     m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     name = f"{variant.label}{', inputs page-locked' if pin else ''}; median of {rounds}"
     ratio = m["off_harness_rate"] / m["off_bare_rate"]

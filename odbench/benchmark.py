@@ -34,6 +34,7 @@ from odbench.loadgen_settings import LoadGenConfig
 from odbench.model_store import StoredModel, fetch_model, model_data
 from odbench.model_variants import at_precision, session_model
 from odbench.models import LabelSpace, ModelSpec
+from odbench.nvml import free_device_memory
 from odbench.output_checks import BadModelOutputsError, OutputTally
 from odbench.params import BenchmarkParams
 from odbench.precision import AGREEMENT_LIMITS, Agreement, agreement
@@ -267,6 +268,8 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
     backend = OnnxBackend(graph, spec, params.execution_device, params.cpu_threads,
                           samples_on_device=params.samples_on_device, prefer_nhwc=params.prefer_nhwc,
                           sessions=params.onnx_sessions, batch_size=params.batch_size)
+    if backend.input_device == "cuda" and (free := free_device_memory()) is not None:
+        params.check_device_buffer(free)
     images = manifest.images
     if any(im.index != i for i, im in enumerate(images)):
         raise ValueError("the manifest is not the first N images in annotation order: qsl_idx would be wrong")

@@ -24,11 +24,12 @@ LoadGen will generate) a ceiling; an error names the parameter, its value and th
 | loadgen_concurrency | whole number 1 to 64 | SUT worker threads, one inference each |
 | onnx_sessions | whole number 1 to 16 | sessions of the model, each with its weights on the device |
 | batch_size | whole number 1 to 64 | samples per inference, concatenated in host memory |
-| cpu_threads | whole number 0 (onnxruntime's default) to the machine's CPU count | one thread each |
+| cpu_threads | whole number 0 (onnxruntime's default) to the CPUs this process may use | one thread each |
 | (derived) samples LoadGen generates in PerformanceOnly | at most 10,000,000 | see `planned_samples` |
 
-The CPU limit is `os.cpu_count()`; `ODBENCH_MAX_CPU_THREADS` sets another (a container that sees
-more cores than it may use wants fewer; oversubscription on purpose wants more).
+The CPU limit is the CPUs this process may use (odbench/machine.py `usable_cpus`: its affinity, lowered to a
+cgroup CPU quota, so a 2-CPU container on a 64-core host allows 2); `ODBENCH_MAX_CPU_THREADS` sets another
+(oversubscription on purpose wants more).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import math
 import os
 from dataclasses import dataclass
 from numbers import Real
+
+from odbench.machine import usable_cpus
 
 MAX_LOADGEN_SAMPLES = 10_000_000  # ~4 GB of LoadGen's per-sample bookkeeping, allocated before the test
 CPU_THREADS_ENV = "ODBENCH_MAX_CPU_THREADS"
@@ -80,23 +83,23 @@ def _number(value: float) -> str:
 
 
 def max_cpu_threads() -> int:
-    """The most intra-op threads a run may ask for: this machine's CPU count, or $ODBENCH_MAX_CPU_THREADS."""
+    """The most intra-op threads a run may ask for: the CPUs this process may use, or $ODBENCH_MAX_CPU_THREADS."""
     text = os.environ.get(CPU_THREADS_ENV, "").strip()
     if not text:
-        return os.cpu_count() or 1
+        return usable_cpus()
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
         raise ValueError(f"{CPU_THREADS_ENV}={text!r} is not a positive whole number; set it like "
-                         f"{CPU_THREADS_ENV}=8, or unset it for this machine's CPU count")
+                         f"{CPU_THREADS_ENV}=8, or unset it for the CPUs this process may use")
     return value
 
 
 def bounds() -> dict[str, Bound]:
     """The table of the module docstring, by parameter name (cpu_threads's limit read now)."""
-    limit = ("$" + CPU_THREADS_ENV) if os.environ.get(CPU_THREADS_ENV, "").strip() else "this machine's CPU count"
+    limit = ("$" + CPU_THREADS_ENV) if os.environ.get(CPU_THREADS_ENV, "").strip() else "the CPUs this process may use"
     cpu_note = f" ({limit}; 0 is onnxruntime's default; {CPU_THREADS_ENV}=N sets another limit)"
     return {
         "verbosity": Bound(0, 3, integer=True),

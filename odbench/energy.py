@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from odbench.nvml import cuda_device_index, open_nvml
+
 log = logging.getLogger(__name__)
 SAMPLE_PERIOD_S = 0.05
 
@@ -42,40 +44,12 @@ class Energy:
         return asdict(self)
 
 
-def _nvml() -> Any | None:
-    """The initialised pynvml module, or None where there is no NVIDIA driver or nvidia-ml-py."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as err:  # noqa: BLE001 — ImportError, or NVMLError for a missing library or driver
-        log.debug("no GPU energy: %s", err)
-        return None
-    return pynvml
-
-
-def _cuda_device_index(nvml: Any) -> int | None:
-    """The NVML index of the board onnxruntime's CUDA device 0 runs on: 0 without CUDA_VISIBLE_DEVICES, else its
-    first entry (an index, in PCI order as NVML counts, or a GPU UUID); None when that names no board NVML has."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return 0
-    first = visible.split(",")[0].strip()
-    if first.isdigit() and int(first) < nvml.nvmlDeviceGetCount():
-        return int(first)
-    if first.startswith("GPU-"):
-        for index in range(nvml.nvmlDeviceGetCount()):
-            if str(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(index))).startswith(first):
-                return index
-    return None
-
-
 class EnergyMeter:
     """Reads the GPU's cumulative energy in the background between `start` and `stop`; `energy` then gives any
     window inside. A meter on a machine without NVML measures nothing (`available` False)."""
 
     def __init__(self, period_s: float = SAMPLE_PERIOD_S):
-        self._nvml = _nvml()
+        self._nvml = open_nvml()
         self._period = period_s
         self._times: list[float] = []
         self._millijoules: list[float] = []
@@ -89,7 +63,7 @@ class EnergyMeter:
     def _open_board(self) -> None:
         """The board's handle, name and energy source; on any NVML error (or no board to name) nothing is metered."""
         try:
-            index = _cuda_device_index(self._nvml)
+            index = cuda_device_index(self._nvml)
             if index is None:
                 log.warning("no GPU energy: CUDA_VISIBLE_DEVICES=%s names no board NVML can meter",
                             os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -20,6 +20,7 @@ from odbench.preprocess import DEFAULT_RESIZE_DTYPE, ResizeDtype, check_resize_d
 
 MAX_MIRRORS = 16  # URLs per mirror list
 BUFFER_RAM_SHARE = 0.5  # the samples LoadGen keeps loaded may take at most this share of physical memory
+DEVICE_BUFFER_SHARE = 0.8  # with samples_on_device, this share of the GPU memory free once the model is loaded
 Precision = Literal["fp32", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # the names the current axs workflow uses -> the parameter each is another name for
@@ -58,7 +59,7 @@ class BenchmarkParams:
     onnx_sessions: int = 1  # onnxruntime sessions of the model (each its own CUDA stream), shared by the workers
     postprocess_on_cpu: bool = False  # the convolutions on the accelerator, the rest (decode, TopK, NMS) on the CPU
     execution_device: ExecutionDevice = ""  # "" or auto, cpu, cuda/gpu, tensorrt/trt
-    cpu_threads: int = 0  # 0: onnxruntime's default; at most the machine's CPU count
+    cpu_threads: int = 0  # 0: onnxruntime's default; at most the CPUs this process may use
     dataset_url: str | None = None  # None: official archives; "synthetic"; or a COCO-layout folder URL
     model_url: str | None = None  # None: the registry's URL; "standin", "standin-full"; or any model file URL/path
     model_md5: str | None = None
@@ -159,16 +160,36 @@ class BenchmarkParams:
         """The samples LoadGen keeps loaded (float32 model inputs; stored uint8 samples with normalize_on_device)
         must fit in part of the machine's RAM."""
         ram = physical_memory()
-        side = self.spec.resolution
-        sample = 3 * side * side * (1 if self.normalize_on_device and self.preprocess_resize_dtype == "uint8" else 4)
-        count = self.loadgen_config.performance_count(self.loadgen_dataset_size)
+        count, sample = self._loaded_count(), self._sample_bytes()
         allowed = int(ram * BUFFER_RAM_SHARE) // sample if ram else count
         if count > allowed:
             raise bounds.ParameterRangeError(
-                f"loadgen_buffer_size={self.loadgen_buffer_size or f'unset ({self.loadgen_profile})'} keeps {count} "
-                f"samples of {sample / 1e6:.1f} MB "
+                f"{self._buffer_setting()} keeps {count} samples of {sample / 1e6:.1f} MB "
                 f"({count * sample / 1e9:.1f} GB) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
                 f"{ram / 1e9:.1f} GB of memory: use loadgen_buffer_size={max(1, allowed)} or less")
+
+    def check_device_buffer(self, free_bytes: int) -> None:
+        """With samples_on_device, the loaded samples live in GPU memory: they must fit in part of what is free
+        there once the model is loaded (`free_bytes`), or loading fails midway with the allocator's error."""
+        count, sample = self._loaded_count(), self._sample_bytes()
+        allowed = int(free_bytes * DEVICE_BUFFER_SHARE) // sample
+        if count > allowed:
+            fix = f"use loadgen_buffer_size={allowed} or less, or " if allowed else ""
+            raise bounds.ParameterRangeError(
+                f"samples_on_device with {self._buffer_setting()} keeps {count} samples of {sample / 1e6:.1f} MB "
+                f"({count * sample / 1e9:.1f} GB) in GPU memory, more than {DEVICE_BUFFER_SHARE:.0%} of the "
+                f"{free_bytes / 1e9:.1f} GB free there: {fix}set samples_on_device=false")
+
+    def _loaded_count(self) -> int:
+        return self.loadgen_config.performance_count(self.loadgen_dataset_size)
+
+    def _sample_bytes(self) -> int:
+        """One loaded sample: a float32 model input, or a stored uint8 sample with normalize_on_device."""
+        side = self.spec.resolution
+        return 3 * side * side * (1 if self.normalize_on_device and self.preprocess_resize_dtype == "uint8" else 4)
+
+    def _buffer_setting(self) -> str:
+        return f"loadgen_buffer_size={self.loadgen_buffer_size or f'unset ({self.loadgen_profile})'}"
 
     @property
     def spec(self) -> ModelSpec:

@@ -1,19 +1,22 @@
-"""GPU energy (odbench/energy.py). NVML cannot run on this CPU machine, so these tests stand a small fake NVML
-library in for it (the only part not real): its counter advances at a fixed power, and it can be told to fail.
-They check the arithmetic of the window and that metering never fails a run; the real library is measured on
-the GPU machine (benchmarks/gpu_hot_path.py, docs/performance.md)."""
+"""GPU energy (odbench/energy.py) and free memory (odbench/nvml.py). NVML cannot run on this CPU machine, so these
+tests stand a small fake NVML library in for it (the only part not real): its counter advances at a fixed power,
+and it can be told to fail. They check the arithmetic of the window and that metering never fails a run; the
+real library is measured on the GPU machine (benchmarks/gpu_hot_path.py, docs/performance.md)."""
 
 from __future__ import annotations
 
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
 from odbench.energy import EnergyMeter
+from odbench.nvml import free_device_memory
 
 WATTS = 250.0
+FREE_BYTES = 3 * 10**9
 
 
 class _FakeNvml(types.ModuleType):
@@ -54,6 +57,10 @@ class _FakeNvml(types.ModuleType):
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         self._tick()
         return int(WATTS * 1000)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> types.SimpleNamespace:
+        self._tick()
+        return types.SimpleNamespace(total=FREE_BYTES * 2, free=FREE_BYTES, used=FREE_BYTES)
 
 
 @pytest.fixture
@@ -101,3 +108,18 @@ def test_a_visible_device_nvml_cannot_name_is_not_metered(nvml, monkeypatch, vis
     with meter:
         pass
     assert meter.energy(0.0, 1.0, 1) is None
+
+
+def test_free_device_memory_is_the_visible_boards_and_none_where_nvml_cannot_say(nvml, monkeypatch) -> None:
+    fake = nvml()
+    assert free_device_memory() == FREE_BYTES and fake.shut == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert free_device_memory() is None
+    nvml(fail_after=0)
+    assert free_device_memory() is None
+
+
+def test_free_device_memory_is_none_without_a_driver() -> None:
+    """This machine's own NVML, unfaked: without an NVIDIA driver it has nothing to say; with one, free bytes."""
+    found = free_device_memory()
+    assert (found is None) == (not Path("/dev/nvidiactl").exists()) and (found is None or found > 0)

@@ -27,6 +27,7 @@ from odbench.backend import OnnxBackend
 from odbench.benchmark import BenchmarkResult, run_benchmark
 from odbench.harness import run_loadgen
 from odbench.loadgen_settings import LoadGenConfig
+from odbench.machine import usable_cpus
 from odbench.models import ModelSpec, get_spec
 from odbench.output_checks import BadModelOutputsError, check_outputs
 from odbench.params import BenchmarkParams
@@ -183,7 +184,7 @@ PARAMETER_CASES = [
     (["--loadgen_buffer_size", "1000000", "--loadgen_dataset_size", "1000000"],
      "loadgen_buffer_size=1000000 keeps 1000000 samples of 7.7 MB"),
     (["--cpu_threads", "100000"], "cpu_threads=100000 is out of range: it must be a whole number from 0 to "
-                                  f"{os.cpu_count()} (this machine's CPU count; 0 is onnxruntime's default; "
+                                  f"{usable_cpus()} (the CPUs this process may use; 0 is onnxruntime's default; "
                                   "ODBENCH_MAX_CPU_THREADS=N sets another limit)"),
     (["--cpu_threads", "-1"], "cpu_threads=-1 is out of range"),
     (["--verbosity", "9"], "verbosity=9 is out of range: it must be a whole number from 0 to 3"),
@@ -250,16 +251,47 @@ def re_escape(text: str) -> str:
     return re.escape(text)
 
 
-def test_cpu_threads_limit_is_the_cpu_count_and_can_be_set(monkeypatch):
-    cores = os.cpu_count()
+def test_cpu_threads_limit_is_the_usable_cpus_and_can_be_set(monkeypatch):
+    cores = usable_cpus()
     assert BenchmarkParams(cpu_threads=cores).cpu_threads == cores
-    with pytest.raises(bounds.ParameterRangeError, match="this machine's CPU count"):
+    with pytest.raises(bounds.ParameterRangeError, match="the CPUs this process may use"):
         BenchmarkParams(cpu_threads=cores + 1)
     monkeypatch.setenv(bounds.CPU_THREADS_ENV, str(cores + 1))
     assert BenchmarkParams(cpu_threads=cores + 1).cpu_threads == cores + 1
     monkeypatch.setenv(bounds.CPU_THREADS_ENV, "many")
     with pytest.raises(ValueError, match="ODBENCH_MAX_CPU_THREADS='many' is not a positive whole number"):
         BenchmarkParams(cpu_threads=1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_cpu_threads_limit_follows_the_cpus_this_process_may_use():
+    """Pinned to one CPU, a run may ask for one intra-op thread, not the host's count."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        assert BenchmarkParams(cpu_threads=1).cpu_threads == 1
+        with pytest.raises(bounds.ParameterRangeError, match="from 0 to 1 "):
+            BenchmarkParams(cpu_threads=2)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_samples_on_device_must_fit_in_the_gpus_free_memory():
+    """10 RetinaNet samples of 7.7 MB kept on the GPU: fine with 1 GB free, refused with 50 MB free (naming the
+    buffer size that fits, and the way out), refused without a buffer size to offer when not even one fits."""
+    params = BenchmarkParams(model_name="retinanet", samples_on_device=True, loadgen_dataset_size=10,
+                             loadgen_buffer_size=10)
+    params.check_device_buffer(10**9)
+    with pytest.raises(bounds.ParameterRangeError, match=re_escape(
+            "samples_on_device with loadgen_buffer_size=10 keeps 10 samples of 7.7 MB (0.1 GB) in GPU memory, more "
+            "than 80% of the 0.1 GB free there: use loadgen_buffer_size=5 or less, or set samples_on_device=false")):
+        params.check_device_buffer(50 * 10**6)
+    with pytest.raises(bounds.ParameterRangeError, match="free there: set samples_on_device=false"):
+        params.check_device_buffer(10**6)
+    uint8 = BenchmarkParams(model_name="retinanet", samples_on_device=True, normalize_on_device=True,
+                            preprocess_resize_dtype="uint8", loadgen_dataset_size=10, loadgen_buffer_size=10)
+    uint8.check_device_buffer(50 * 10**6)  # a quarter of the bytes: 19 MB of 40 MB allowed
 
 
 def test_the_bounds_table_is_documented_and_covers_every_numeric_parameter():
