@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odbench.batching import batched  # noqa: E402
+from odbench.fp16 import to_fp16  # noqa: E402
 from odbench.models import get_spec  # noqa: E402
-from odbench.precision import to_fp16  # noqa: E402
 from odbench.split_model import split  # noqa: E402
 from odbench.standin_full import build_full_standin, probe_input  # noqa: E402
 

@@ -39,10 +39,11 @@ from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E
 
 from odbench.backend import OnnxBackend  # noqa: E402
 from odbench.energy import Energy, EnergyMeter  # noqa: E402
+from odbench.fp16 import to_fp16  # noqa: E402
 from odbench.input_prefix import device_input  # noqa: E402
 from odbench.model_variants import prepare  # noqa: E402
 from odbench.models import ModelSpec, get_spec  # noqa: E402
-from odbench.precision import agreement, to_fp16  # noqa: E402
+from odbench.precision import agreement  # noqa: E402
 from odbench.preprocess import to_model_input  # noqa: E402
 from odbench.split_model import SplitModel  # noqa: E402
 from odbench.standin import build_standin  # noqa: E402

@@ -1,6 +1,6 @@
 """The model a session runs: the stored model at the run's precision, batched and normalized on the device if asked.
 
-An fp16 model is converted once (odbench/precision.py) and stored like any model, at its content path beside
+An fp16 model is converted once (odbench/fp16.py) and stored like any model, at its content path beside
 the fp32 file; a small record `models/<name>/<fp32 md5>/fp16-<converter digest>.json` holds its md5, so a later
 run finds it without converting again (a new converter is a new record). The record is checked like everything
 read from storage: only a 32-digit md5 is taken from it, the path is derived, and the file must match the md5.
@@ -31,9 +31,9 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 
 def converter_digest() -> str:
     """The fp16 converter's own source: a changed converter makes a new model."""
-    from odbench import precision
+    from odbench import fp16
 
-    return _source_digest(precision)
+    return _source_digest(fp16)
 
 
 def rewriter_digest() -> str:
@@ -84,7 +84,7 @@ def at_precision(model: StoredModel, storage: Storage, precision: str) -> Stored
     if found := _recorded(model, storage):
         log.info("fp16 model %s (converted before)", found.rel)
         return found
-    from odbench.precision import to_fp16
+    from odbench.fp16 import to_fp16
 
     log.info("converting %s to fp16 (once; stored beside it)", model.rel)
     data = to_fp16(model_data(model, storage))

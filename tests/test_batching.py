@@ -15,10 +15,11 @@ from odbench.backend import OnnxBackend
 from odbench.batching import COUNTS, PAD_LABEL, batched, unbatch
 from odbench.benchmark import run_benchmark
 from odbench.bounds import ParameterRangeError
+from odbench.fp16 import to_fp16
 from odbench.input_prefix import device_input, with_normalization
 from odbench.models import MODELS, ModelSpec, get_spec
 from odbench.params import BenchmarkParams
-from odbench.precision import reproduced, to_fp16
+from odbench.precision import reproduced
 from odbench.preprocess import to_model_input
 from odbench.standin import build_standin
 from odbench.standin_full import build_full_standin, probe_image

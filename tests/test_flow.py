@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from live_prefect import new_prefect_home
+from replay_model import build_replay_model
 
 from tasks.report import slug
 
@@ -77,17 +78,20 @@ def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_
 
 def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir, prefect_db_template):
     """`--json` prints a result whose mAP an independent scoring of the accuracy log repeats, the log rows
-    are the model's own outputs, and the same command again is served from the cache."""
+    are the model's own outputs, and the same command again is served from the cache. The model answers each
+    image with its ground truth shifted by a tenth of each box, so the mAP is neither 0 nor 100."""
     home = new_prefect_home(tmp_path / "prefect", prefect_db_template)
     env = {**os.environ, "PREFECT_HOME": str(home), "ODBENCH_STORAGE_URL": str(tmp_path / "store")}
-    args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", "standin",
+    model = tmp_path / "shifted.onnx"
+    model.write_bytes(build_replay_model(coco_dir, "ssd_resnet34", 20, shift=0.1))
+    args = ["--model_name", "ssd_resnet34", "--loadgen_dataset_size", "20", "--model_url", str(model),
             "--dataset_url", str(coco_dir), "--json"]
     first = _cli(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert {"model_name", "stand_in", "scenario", "mode", "dataset_size", "mAP", "samples_per_second",
             "providers", "run_dir"} <= set(result)
-    assert result["stand_in"] is True and result["dataset_size"] == 20
+    assert result["stand_in"] is False and result["dataset_size"] == 20 and 5 < result["mAP"] < 95
     run_dir = Path(result["run_dir"].removeprefix("file://"))
     annotation_file = coco_dir / "annotations/instances_val2017.json"
     independent, image_ids = _independent_map(run_dir / "mlperf_log_accuracy.json", annotation_file,

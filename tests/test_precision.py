@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from odbench.fp16 import to_fp16
 from odbench.models import MODELS, ModelSpec
 from odbench.onnx_graph import CONV_OPS, conv_trunk, elem_types
 from odbench.precision import (
@@ -24,7 +25,6 @@ from odbench.precision import (
     head_outputs,
     relative_error,
     reproduced,
-    to_fp16,
 )
 from odbench.standin import build_standin
 from odbench.standin_full import build_full_standin, probe_input

@@ -16,11 +16,12 @@ from odbench.accuracy import decode_accuracy_log
 from odbench.backend import OnnxBackend
 from odbench.batching import batched
 from odbench.benchmark import run_benchmark
+from odbench.fp16 import to_fp16
 from odbench.input_prefix import device_input, with_normalization
 from odbench.models import MODELS, ModelSpec, get_spec
 from odbench.onnx_graph import GraphCutError
 from odbench.params import BenchmarkParams
-from odbench.precision import reproduced, to_fp16
+from odbench.precision import reproduced
 from odbench.preprocess import to_model_input
 from odbench.split_model import SplitError, split
 from odbench.standin import build_standin
