@@ -36,7 +36,7 @@ from odbench.limits import LimitExceededError, Limits
 from odbench.progress import ProgressFactory, log_progress_factory
 from odbench.redact import redact_text, redact_url
 from odbench.retry import TransientError, is_transient, retrying
-from odbench.storage import Storage, safe_rel
+from odbench.storage import STAGING_DIR, Storage, safe_rel
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -211,7 +211,7 @@ class _Job:
 
     def _staged_copy(self, url: str) -> StoredFile:
         """Stream a non-HTTP URL into a staging file through md5; commit it when the sum matches."""
-        staging = f"{self.kind}/.staging/{uuid.uuid4().hex}-{self.name.replace('/', '_')}"
+        staging = f"{self.kind}/{STAGING_DIR}/{uuid.uuid4().hex}-{self.name.replace('/', '_')}"
         with self.storage.atomic_writer(staging) as out:
             md5, size = _copy_hashing(url, out, self.limit, self.progress)
             self._check_md5(url, md5)
@@ -393,7 +393,7 @@ def _sweep_staging_once(storage: Storage, kind: str) -> None:
         if (storage.url, kind) in _cleaned:
             return
         _cleaned.add((storage.url, kind))
-    storage.remove_stale_temporaries(f"{kind}/.staging")
+    storage.remove_stale_temporaries(f"{kind}/{STAGING_DIR}")
     local = storage.local_path(f"{kind}/{RESUME_DIR}")
     for part in local.glob("*.part") if local is not None and local.is_dir() else ():
         with contextlib.suppress(OSError):

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from odbench.cache_keys import PREFIX, record_prefix
+from odbench.fetch import RESUME_DIR
 from odbench.models import ALIASES
-from odbench.storage import Storage, is_temporary
+from odbench.storage import STAGING_DIR, Storage, is_temporary
 
 Kind = Literal["sources", "preprocessed", "models", "datasets", "synthetic", "runs", "history", "cache-records"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -30,6 +31,7 @@ _POINTERS = {"preprocessed": ("preprocess", "resolution"), "models": ("model", "
              "runs": ("inference", "model"), "sources": ("download", None), "datasets": ("download", None),
              "synthetic": ("download", None)}
 _TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+_FETCH_LEFTOVERS = (STAGING_DIR, RESUME_DIR)  # `<kind>/<folder>/`: a fetch's staged files and partial downloads
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class StoredItem:
     files: int
     bytes: int
     modified: dt.datetime  # UTC, of the newest file; "now" where the store gives no time (never old)
-    partial: int = 0  # incomplete writes among the files (`.partial-*`, `.staging/`): no run trusts them
+    partial: int = 0  # incomplete writes among the files (`.partial-*`, `.staging/`, `.resume/`): no run trusts them
     paths: tuple[str, ...] = field(default=())
 
     def age_days(self, now: dt.datetime | None = None) -> float:
@@ -215,6 +217,8 @@ def _group(rel: str) -> tuple[str, str] | None:
         return None
     if kind == "cache-records":
         return kind, _record_group(rel)
+    if parts[1] in _FETCH_LEFTOVERS:  # one item per kind, whatever the kind's depth: it names no model
+        return kind, "/".join(parts[:2])
     return kind, "/".join(parts[:_DEPTH[kind]])
 
 
@@ -232,7 +236,12 @@ def _item(kind: str, rel: str, members: list[_File], run_models: dict[str, str],
     newest = max((f.time for f in members if f.time is not None), default=now)
     paths = tuple(sorted(f.rel for f in members)) if rel.endswith("*") else ()
     return StoredItem(kind, rel, model, resolution, len(members), sum(f.size for f in members), newest,
-                      sum(map(is_temporary, (f.rel for f in members))), paths)
+                      sum(map(_incomplete, (f.rel for f in members))), paths)
+
+
+def _incomplete(rel: str) -> bool:
+    """An interrupted write, or a partial download a later fetch may resume: a file no run trusts."""
+    return is_temporary(rel) or f"/{RESUME_DIR}/" in f"/{rel}"
 
 
 def _selectors(kind: str, rel: str, run_models: dict[str, str]) -> tuple[str | None, int | None]:

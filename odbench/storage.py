@@ -60,6 +60,7 @@ from fsspec.implementations.local import LocalFileSystem
 DEFAULT_STORAGE_ENV = "ODBENCH_STORAGE_URL"
 STALE_TEMPORARY_S = 3600  # an unmodified temporary older than this belongs to a writer that is gone
 ORPHAN_TEMPORARY_S = 300  # ... and one this old whose writer (on this host) has exited
+STAGING_DIR = ".staging"  # <kind>/.staging/<uuid>-<name>: fetched files before they move to their content path
 HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
 _WRITER = re.compile(r"\.partial-(?P<host>[A-Za-z0-9.-]+)~(?P<pid>\d+)~")
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def writer_gone(rel: str) -> bool:
 def is_temporary(rel: str) -> bool:
     """An incomplete write: an atomic writer's `.<name>.partial-*` or a download still in `.staging/`."""
     name = rel.rsplit("/", 1)[-1]
-    return (name.startswith(".") and ".partial-" in name) or "/.staging/" in f"/{rel}"
+    return (name.startswith(".") and ".partial-" in name) or f"/{STAGING_DIR}/" in f"/{rel}"
 
 
 def default_storage_url() -> str:

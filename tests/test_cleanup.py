@@ -25,12 +25,15 @@ TREE = {
     "sources/aaa/instances_val2017.json": (10, 40),
     "sources/bbb/000000000001.jpg": (20, 5),
     "sources/.staging/0f0f-000000000002.jpg": (3, 1),
+    "sources/.resume/" + "c" * 32 + ".part": (6, 1),  # a partial download a later fetch may resume
     "preprocessed/v2/800/a.npy": (100, 41),
     "preprocessed/v2/800/b.npy": (100, 40),
     "preprocessed/v2/1200/a.npy": (300, 2),
     "models/retinanet_coco/m1/retinanet.onnx": (50, 40),
     "models/ssd_resnet34/m2/ssd.onnx": (60, 3),
     "models/ssd_resnet34/m2/.ssd.onnx.partial-0a1b": (7, 1),
+    "models/.staging/0e0e-ssd.onnx": (8, 1),  # a fetch's staged file: its folder names no model
+    "models/.resume/" + "d" * 32 + ".part": (9, 1),
     "datasets/d1.json": (5, 40),
     "synthetic/seed-0-n-4/.synthetic.json": (2, 40),
     "synthetic/seed-0-n-4/val2017/000000000001.jpg": (8, 40),
@@ -78,6 +81,7 @@ def test_inventory_groups_files_into_items_with_kinds_sizes_and_ages(tree):
     items = _by_rel(inventory(tree))
     assert {rel: item.kind for rel, item in items.items()} == {
         "sources/aaa": "sources", "sources/bbb": "sources", "sources/.staging": "sources",
+        "sources/.resume": "sources", "models/.staging": "models", "models/.resume": "models",
         "preprocessed/v2/800": "preprocessed", "preprocessed/v2/1200": "preprocessed",
         "models/retinanet_coco/m1": "models", "models/ssd_resnet34/m2": "models",
         "datasets/d1.json": "datasets", "synthetic/seed-0-n-4": "synthetic",
@@ -97,6 +101,8 @@ def test_inventory_groups_files_into_items_with_kinds_sizes_and_ages(tree):
     assert res800.age_days(NOW) == pytest.approx(40)
     assert (items["models/ssd_resnet34/m2"].model, items["models/ssd_resnet34/m2"].partial) == ("ssd_resnet34", 1)
     assert items["sources/.staging"].partial == 1 and items["sources/aaa"].partial == 0
+    for leftover in ("sources/.resume", "models/.staging", "models/.resume"):  # one item each, no model named
+        assert (items[leftover].files, items[leftover].partial, items[leftover].model) == (1, 1, None), leftover
     assert items[f"runs/{RUN_A}"].model == "retinanet_coco"  # from result.json
     assert items[f"runs/{RUN_B}"].model == "ssd_resnet34"  # from the run id
     assert items["runs/by-hand"].model == "my_detector"
@@ -217,7 +223,7 @@ def test_cli_lists_what_storage_holds(tree):
     for kind in ("sources", "preprocessed", "models", "datasets", "synthetic", "runs", "history", "cache-records"):
         assert f"\n{kind} " in done.stdout and f"\n{kind}: " in done.stdout
     assert "preprocessed/v2/800" in done.stdout and "MB" in done.stdout and "age days" in done.stdout
-    assert "total: 21 item(s)" in done.stdout and "2 incomplete file(s)" in done.stdout
+    assert "total: 24 item(s)" in done.stdout and "5 incomplete file(s)" in done.stdout
     assert stored_files(tree) and "elsewhere" not in done.stdout
 
     assert bad.returncode == 1 and "older_than_days must be >= 0" in bad.stderr
