@@ -69,13 +69,15 @@ class Variant:
     onnx_sessions: int = 1
     batch_size: int = 1
     postprocess_on_cpu: bool = False
+    pinned_host_samples: bool = False
 
 
 NONE = Variant("no option")
+PINNED = Variant("pinned_host_samples", pinned_host_samples=True)
 BEST = Variant("best: fp16, NHWC, uint8 normalized on device, samples on device, 4 in flight", "fp16", True, True, 4,
                True)
 VARIANTS = (NONE, Variant("loadgen_concurrency=4", loadgen_concurrency=4),
-            Variant("samples_on_device", samples_on_device=True),
+            Variant("samples_on_device", samples_on_device=True), PINNED,
             Variant("normalize_on_device (uint8 samples)", normalize_on_device=True),
             Variant("model_precision=fp16", "fp16"), Variant("prefer_nhwc", prefer_nhwc=True),
             Variant("fp16 + prefer_nhwc", "fp16", prefer_nhwc=True), BEST,
@@ -128,8 +130,9 @@ class Setup:
         """A session for the variant, warmed up, and the images as that variant's samples."""
         backend = OnnxBackend(self.model(variant), self.spec, self.device, 0,
                               samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc,
-                              sessions=variant.onnx_sessions, batch_size=variant.batch_size)
-        inputs = [backend.place(self.sample(image, variant)) for image in self.images]
+                              sessions=variant.onnx_sessions, batch_size=variant.batch_size,
+                              pinned_host_samples=variant.pinned_host_samples)
+        inputs = [backend.place(self.sample(image, variant)) for image in self.images]  # pinned for the process
         backend.prime(inputs[0])  # every session's first inference
         for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
             backend.infer(inputs[i % len(inputs)])
@@ -210,6 +213,12 @@ def alternated(steps: Mapping[str, Callable[[], T]], rounds: int) -> list[dict[s
     return [{name: steps[name]() for name in (reversed(steps) if k % 2 else steps)} for k in range(rounds)]
 
 
+def side_by_side(device: str) -> tuple[Variant, ...]:
+    """The option sets measured bare against harness: none, pinned host samples (CUDA only: nothing to pin for the
+    CPU provider), and the best mix."""
+    return (NONE, PINNED, BEST) if device != "cpu" else (NONE, BEST)
+
+
 def paired_rows(setup: Setup, variant: Variant, rounds: int, seconds: float) -> list[Row]:
     """Bare loop and harness on one session with the same options, alternated `rounds` times (drift hits both; every
     other round harness first), best of each: Offline samples/s and SingleStream p90, with the harness's ratio and
@@ -236,7 +245,7 @@ def measure_model(name: str, device: str, seconds: float, small: bool, paired: i
                   candidates: bool = False) -> tuple[list[Row], list[Row]]:
     setup = Setup(get_spec(name), device, small)
     if paired:
-        return paired_rows(setup, NONE, paired, seconds) + paired_rows(setup, BEST, paired, seconds), []
+        return [row for variant in side_by_side(device) for row in paired_rows(setup, variant, paired, seconds)], []
     if candidates:
         rows = bare_rows(setup, NONE, seconds)  # measured first and last: the table takes the faster one
         for variant in CANDIDATES[name]:

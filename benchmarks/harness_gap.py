@@ -7,21 +7,19 @@ p90 1.6 ms behind with fp32 host inputs, with no CPU cost of the harness to expl
 into the engine's time (every `infer` call timed, in both loops) and the time around it, and tests the two
 suspects: the thread that makes the call (the bare SingleStream loop runs on the main thread, the SUT on LoadGen's
 issue thread and pool threads) and the host memory the input is copied from (pageable, or page-locked with
-cudaHostRegister). For each model and option set, `--rounds` rounds (every other one in the opposite order; the
-medians are printed):
-- SingleStream: p50/p90 of the bare loop on the main thread and on one pool thread, LoadGen's through the harness,
-  and the engine calls' own p90 in each;
+cudaHostRegister: the run option pinned_host_samples). For each model and option set, `--rounds` rounds (every
+other one in the opposite order; the medians are printed):
+- SingleStream: p50/p90 of the bare loop on the main thread (also with each answer encoded as the SUT does) and on
+  one pool thread, LoadGen's through the harness, and the engine calls' own p90 in each;
 - Offline: samples/s of both, the mean engine call in ms, and the µs per sample the calling threads spend outside
   the engine (summed over them), split into before the first call, between calls, after the last and beyond;
-- with host inputs on a CUDA device, the same again with every input page-locked.
+- on a CUDA device, the same with pinned_host_samples (both loops get the same page-locked inputs).
 Full-size stand-ins (`--small`: the small ones); stand-in numbers are not the real models' numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import platform
 import statistics
 import sys
@@ -30,14 +28,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_hot_path import BEST, NONE, Row, Setup, Variant, alternated, count_for  # noqa: E402
+from gpu_hot_path import Row, Setup, Variant, alternated, count_for, side_by_side  # noqa: E402
 from harness_overhead import bare_latencies_ms, bare_offline, harness  # noqa: E402
 
 from odbench.accuracy import encode_if_clean  # noqa: E402
@@ -62,6 +60,9 @@ class TimedBackend:
     def place(self, x: np.ndarray) -> Any:
         return self._backend.place(x)
 
+    def release(self, x: Any) -> None:
+        self._backend.release(x)
+
     def prime(self, x: Any) -> None:
         self._backend.prime(x)
 
@@ -81,31 +82,6 @@ class TimedBackend:
         """The calls recorded since the last `taken`."""
         calls, self.calls = self.calls, []
         return calls
-
-
-def _cudart() -> ctypes.CDLL:
-    """The CUDA runtime onnxruntime's CUDA provider loaded (found in this process's mapped libraries)."""
-    with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
-    if not paths:
-        raise RuntimeError("no libcudart in this process: the CUDA provider is not loaded")
-    return ctypes.CDLL(sorted(paths)[0])
-
-
-@contextlib.contextmanager
-def page_locked(arrays: list[np.ndarray]) -> Iterator[None]:
-    """The arrays' pages locked (cudaHostRegister) while inside, so host-to-device copies are direct DMA."""
-    cudart = _cudart()
-    registered: list[np.ndarray] = []
-    try:
-        for a in arrays:
-            if cudart.cudaHostRegister(ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(a.nbytes), 0) != 0:
-                raise RuntimeError("cudaHostRegister failed")
-            registered.append(a)
-        yield
-    finally:
-        for a in registered:
-            cudart.cudaHostUnregister(ctypes.c_void_p(a.ctypes.data))
 
 
 def _p90_ms(calls: list[Call]) -> float:
@@ -180,17 +156,16 @@ def round_steps(timed: TimedBackend, setup: Setup, inputs: list, workers: int,
                     for side in ("bare", "harness")}
 
 
-def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: bool) -> list[Row]:
-    """The variant's measures, median of `rounds` alternated rounds; `pin`: inputs page-locked throughout."""
+def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int) -> list[Row]:
+    """The variant's measures, median of `rounds` alternated rounds."""
     backend, inputs = setup.backend(variant)
     timed = TimedBackend(backend)
     workers = variant.loadgen_concurrency
     samples = count_for(backend, inputs, workers, seconds)
-    with page_locked(inputs) if pin else contextlib.nullcontext():
-        runs = [{f"{step}_{key}": value for step, measured in run.items() for key, value in measured.items()}
-                for run in alternated(round_steps(timed, setup, inputs, workers, samples), rounds)]
+    runs = [{f"{step}_{key}": value for step, measured in run.items() for key, value in measured.items()}
+            for run in alternated(round_steps(timed, setup, inputs, workers, samples), rounds)]
     m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    name = f"{variant.label}{', inputs page-locked' if pin else ''}; median of {rounds}"
+    name = f"{variant.label}; median of {rounds}"
     ratio = m["off_harness_rate"] / m["off_bare_rate"]
     return [
         (setup.label, name, "SingleStream p50 / p90 ms: bare main thread | the same encoding rows | bare pool thread "
@@ -214,12 +189,7 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int, pin: b
 
 def measure_model(name: str, device: str, seconds: float, rounds: int, small: bool) -> list[Row]:
     setup = Setup(get_spec(name), device, small)
-    rows = []
-    for variant in (NONE, BEST):
-        rows += rows_for(setup, variant, seconds, rounds, pin=False)
-        if device != "cpu" and not variant.samples_on_device:
-            rows += rows_for(setup, variant, seconds, rounds, pin=True)
-    return rows
+    return [row for variant in side_by_side(device) for row in rows_for(setup, variant, seconds, rounds)]
 
 
 def table(title: str, rows: list[Row]) -> str:

@@ -7,17 +7,19 @@ ORT_DISABLE_TELEMETRY is set by then; a run writes nothing outside storage and t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import threading
-from typing import Any, Literal, Protocol, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, get_args
 
 import numpy as np
 
 from odbench import bounds
 from odbench.batching import COUNTS, unbatch
 from odbench.models import ModelSpec
+from odbench.page_lock import PageLocker
 from odbench.split_model import SplitModel
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,11 @@ class Backend(Protocol):
     providers: list[str]
 
     def place(self, x: np.ndarray) -> Any:
-        """A model input where `infer` reads it (the array itself, or a copy in accelerator memory)."""
+        """A model input where `infer` reads it (the array itself, page-locked, or a copy in accelerator memory)."""
+        ...
+
+    def release(self, x: Any) -> None:
+        """Undo what `place` did that outlives the input (a page lock), once it is no longer used."""
         ...
 
     def infer(self, x: Any) -> Detections:
@@ -86,6 +92,20 @@ def requested_providers(execution_device: str) -> list[str]:
     return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
 
 
+@contextlib.contextmanager
+def placed_samples(backend: Backend, load: Callable[[int], Any], count: int) -> Iterator[list[Any]]:
+    """The first `count` samples as `load` gives them (placed for inference: `Backend.place`), released on exit:
+    the untimed warm-up's and the calibration pass's inputs."""
+    inputs: list[Any] = []
+    release = getattr(backend, "release", None)  # an engine that places nothing (a test's) has nothing to undo
+    try:
+        inputs += (load(i) for i in range(count))
+        yield inputs
+    finally:
+        for x in inputs if release else ():
+            release(x)
+
+
 def infer_cycled(backend: Backend, inputs: Sequence[Any], start: int, size: int) -> None:
     """One inference of `size` inputs taken in turn from `inputs` (cycled) from `start`: through `infer` for one,
     `infer_batch` for several (the warm-up, the calibration pass and the benchmarks' bare loop)."""
@@ -109,11 +129,13 @@ class OnnxBackend:
     model is a batched one (odbench/batching.py): it takes up to that many inputs at once; a partial batch of
     more than one runs padded to the full size (repeating its last input), so the accelerator only ever sees
     batches of 1 and of batch_size, both primed before timing. A `SplitModel` (odbench/split_model.py) runs its
-    trunk in these sessions and its post-processing in one CPU session, per image, on the calling thread."""
+    trunk in these sessions and its post-processing in one CPU session, per image, on the calling thread.
+    Samples that stay in host memory on a CUDA provider are page-locked with `pinned_host_samples`
+    (odbench/page_lock.py) from `place` until `release`."""
 
     def __init__(self, model: bytes | str | SplitModel, spec: ModelSpec, execution_device: str = "",
                  cpu_threads: int = 0, samples_on_device: bool = False, prefer_nhwc: bool = False, sessions: int = 1,
-                 batch_size: int = 1):
+                 batch_size: int = 1, pinned_host_samples: bool = False):
         import onnxruntime as ort
 
         bounds.check("cpu_threads", cpu_threads)  # onnxruntime would start every thread asked for
@@ -144,6 +166,8 @@ class OnnxBackend:
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
         self.samples_on_device = samples_on_device
+        pin = pinned_host_samples and self.on_gpu and self.input_device == "cpu"
+        self._pinned = PageLocker() if pin else None  # no CUDA copy to speed up elsewhere
         self.batch_size = batch_size
 
     def _check_provider(self, execution_device: str, wanted: list[str]) -> None:
@@ -159,14 +183,27 @@ class OnnxBackend:
             f"(onnxruntime fell back to {', '.join(self.providers)}; its log above names the missing library); "
             f"install {PROVIDER_LIBRARIES[wanted[0]]}, or use execution_device=auto or cpu")
 
+    @property
+    def pinned_host_samples(self) -> bool:
+        """Whether `place` page-locks samples (asked for, on a CUDA provider, samples in host memory)."""
+        return self._pinned is not None
+
     def place(self, x: np.ndarray) -> Any:
         """A model input where inference reads it: with samples_on_device, an onnxruntime value in the
-        accelerator's memory (copied once, in LoadGen's untimed load step), else `x` itself."""
+        accelerator's memory (copied once, in LoadGen's untimed load step); with pinned_host_samples, `x`
+        page-locked until `release`; else `x` itself."""
+        if self._pinned is not None:
+            return self._pinned.lock(x)
         if not self.samples_on_device:
             return x
         import onnxruntime as ort
 
         return ort.OrtValue.ortvalue_from_numpy(x, self.input_device, 0)
+
+    def release(self, x: Any) -> None:
+        """Undo what `place` did that outlives the sample (a page lock), before its memory can be freed."""
+        if self._pinned is not None:
+            self._pinned.unlock(x)
 
     def _thread_session(self) -> Any:
         """The session of the calling thread: taken in turn at its first inference, then kept."""

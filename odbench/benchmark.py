@@ -119,6 +119,7 @@ class BenchmarkResult:
     model_precision: str = "fp32"  # fp16: the stored fp16 conversion ran (model_variants.py)
     normalize_on_device: bool = False  # the model normalized the stored samples (input_prefix.py)
     samples_on_device: bool = False  # samples were in accelerator memory (IO binding); False on the CPU provider
+    pinned_host_samples: bool = False  # samples were page-locked in host memory; False where nothing is copied to a GPU
     prefer_nhwc: bool = False  # the CUDA provider ran convolutions in NHWC layout; False on the CPU provider
     onnx_sessions: int = 1  # onnxruntime sessions the SUT's workers shared
     batch_size: int = 1  # samples per inference (batching.py); batches form within a query
@@ -188,7 +189,7 @@ class _Bench:
     def sut(self, scenario: str) -> DetectionSUT:
         """A fresh SUT for one LoadGen test of `scenario` (run_loadgen closes it); outside Server, LoadGen's issue
         thread drains each query too (odbench/sut.py)."""
-        return DetectionSUT(self.backend, SampleLibrary(self.count, self.load), self.spec,
+        return DetectionSUT(self.backend, SampleLibrary(self.count, self.load, release=self.backend.release), self.spec,
                             workers=self.params.loadgen_concurrency, batch_size=self.params.batch_size,
                             drain_on_issue_thread=waits_for_answers(scenario))
 
@@ -250,6 +251,7 @@ def _run_in(log_dir: Path, params: BenchmarkParams, manifest: DatasetManifest, m
         compliance=verdict, log_files=_log_files(log_dir), loadgen_concurrency=params.loadgen_concurrency,
         preprocess_resize_dtype=params.preprocess_resize_dtype, model_precision=params.model_precision,
         normalize_on_device=params.normalize_on_device, samples_on_device=bench.backend.input_device != "cpu",
+        pinned_host_samples=bench.backend.pinned_host_samples,
         prefer_nhwc=params.prefer_nhwc and bench.backend.on_gpu, onnx_sessions=params.onnx_sessions,
         batch_size=params.batch_size, postprocess_on_cpu=params.postprocess_on_cpu,
         energy=timed.energy.to_json() if timed.energy else None,
@@ -267,7 +269,8 @@ def _bench(params: BenchmarkParams, manifest: DatasetManifest, model: StoredMode
                           params.postprocess_on_cpu)
     backend = OnnxBackend(graph, spec, params.execution_device, params.cpu_threads,
                           samples_on_device=params.samples_on_device, prefer_nhwc=params.prefer_nhwc,
-                          sessions=params.onnx_sessions, batch_size=params.batch_size)
+                          sessions=params.onnx_sessions, batch_size=params.batch_size,
+                          pinned_host_samples=params.pinned_host_samples)
     if backend.input_device == "cuda" and (free := free_device_memory()) is not None:
         params.check_device_buffer(free)
     images = manifest.images

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from odbench import bounds
-from odbench.backend import Backend, infer_cycled
+from odbench.backend import Backend, infer_cycled, placed_samples
 from odbench.loadgen_settings import OFFICIAL_SAMPLES_PER_QUERY, LoadGenConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,13 @@ def measure(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
     """At least `samples` inferences (2 per worker) and `min_s` seconds of them, of `batch` loaded samples each
     (cycled), `concurrency` at a time; each worker stops starting new ones once `max_s` has passed."""
     samples = max(samples, 2 * concurrency)
-    inputs = [load(i) for i in range(min(samples, count))]
+    with placed_samples(backend, load, min(samples, count)) as inputs:
+        return _timed_pass(backend, inputs, samples, concurrency, max_s, batch, min_s)
+
+
+def _timed_pass(backend: Backend, inputs: list, samples: int, concurrency: int, max_s: float, batch: int,
+                min_s: float) -> Measurement:
+    """`measure`'s inferences over the loaded inputs."""
     latencies: list[float] = []
     lock = threading.Lock()
     start = time.perf_counter()

@@ -39,7 +39,7 @@ _RECORD_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.jsonl")  # not hidden 
 # parameters added after histories existed: at these values (what every earlier run did) they are left out of the
 # entry key, so the runs recorded before them stay in the same entry and keep their baseline
 ADDED_LATER = {"model_precision": "fp32", "normalize_on_device": False, "samples_on_device": False,
-               "prefer_nhwc": False, "onnx_sessions": 1, "postprocess_on_cpu": False}
+               "prefer_nhwc": False, "onnx_sessions": 1, "postprocess_on_cpu": False, "pinned_host_samples": False}
 
 
 def entry_key(parameters: Mapping[str, Any]) -> str:

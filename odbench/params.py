@@ -55,6 +55,7 @@ class BenchmarkParams:
     model_precision: Precision = "fp32"  # fp16: the convolutions in float16, post-processing in float32
     normalize_on_device: bool = False  # the stored sample crosses as is (uint8: 1/4 of the bytes); the graph normalizes
     samples_on_device: bool = False  # LoadGen's untimed load puts samples in accelerator memory (IO binding)
+    pinned_host_samples: bool = False  # CUDA, samples in host memory: page-locked at load, copied by direct DMA
     prefer_nhwc: bool = False  # CUDA: convolutions in NHWC layout (onnxruntime's prefer_nhwc)
     onnx_sessions: int = 1  # onnxruntime sessions of the model (each its own CUDA stream), shared by the workers
     postprocess_on_cpu: bool = False  # the convolutions on the accelerator, the rest (decode, TopK, NMS) on the CPU
@@ -82,8 +83,8 @@ class BenchmarkParams:
         if self.execution_device.lower() not in DEVICES:
             raise ValueError(f"unknown execution_device {self.execution_device!r}; use one of: "
                              + ", ".join(d for d in DEVICES if d))
-        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device", "prefer_nhwc",
-                     "postprocess_on_cpu"):
+        for name in ("tolerate_bad_outputs", "normalize_on_device", "samples_on_device", "pinned_host_samples",
+                     "prefer_nhwc", "postprocess_on_cpu"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not a boolean: use true or false")
         if self.model_precision not in PRECISIONS:
@@ -136,6 +137,11 @@ class BenchmarkParams:
         if self.batch_size > 1 and self.samples_on_device:
             raise ValueError(f"batch_size={self.batch_size} with samples_on_device: batches are assembled in host "
                              "memory, so samples cannot stay on the device; drop one of them")
+        if self.pinned_host_samples and (self.samples_on_device or self.batch_size > 1):
+            other = "samples_on_device (samples in accelerator memory are not copied at all)" \
+                if self.samples_on_device else f"batch_size={self.batch_size} (a batch is copied from new memory)"
+            raise ValueError(f"pinned_host_samples with {other}: the page-locked samples would never be copied; "
+                             "drop one of them")
 
     def _check_compliance(self) -> None:
         """A compliance test compares against a timed run: it needs PerformanceOnly or Submission."""

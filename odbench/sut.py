@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from odbench.accuracy import encode_detections, encode_if_clean
-from odbench.backend import Backend, Detections, infer_cycled
+from odbench.backend import Backend, Detections, infer_cycled, placed_samples
 from odbench.models import ModelSpec
 from odbench.output_checks import OutputTally, check_outputs
 
@@ -54,16 +54,19 @@ LOAD_WORKERS = 8  # threads loading samples at once in LoadGen's (untimed) load 
 
 
 class SampleLibrary:
-    """LoadGen's QSL: loads samples on LoadGen's request, as `load` gives them (model inputs in RAM, or placed in
-    accelerator memory: OnnxBackend.place).
+    """LoadGen's QSL: loads samples on LoadGen's request, as `load` gives them (model inputs in RAM, page-locked, or
+    placed in accelerator memory: OnnxBackend.place), and gives each to `release` once it is dropped (when LoadGen
+    unloads it, or another load of its index replaces it, or at `close`).
 
     A failed load is recorded, never raised: an exception escaping into LoadGen's C++ thread kills
     the process. The SUT then fails that sample, and the run reports the first error. Once stopping,
     loads are skipped (the SUT answers without the samples)."""
 
-    def __init__(self, count: int, load: Callable[[int], np.ndarray], workers: int = LOAD_WORKERS):
+    def __init__(self, count: int, load: Callable[[int], np.ndarray], workers: int = LOAD_WORKERS,
+                 release: Callable[[np.ndarray], None] | None = None):
         self.count = count
         self._load = load
+        self._release = release
         self.workers = workers
         self._samples: dict[int, np.ndarray] = {}
         self.errors: list[BaseException] = []
@@ -77,6 +80,7 @@ class SampleLibrary:
                                 thread_name_prefix="qsl-load") as pool:
             for idx, sample in zip(todo, pool.map(self._load_one, todo)):
                 if sample is not None:
+                    self._drop(self._samples.get(idx))
                     self._samples[idx] = sample
 
     def _load_one(self, idx: int) -> np.ndarray | None:
@@ -90,9 +94,19 @@ class SampleLibrary:
             return None
 
     def unload_samples(self, indices: Sequence[int]) -> None:
+        for idx in indices:
+            self._drop(self._samples.pop(idx, None))
+
+    def close(self) -> None:
+        """Release every sample still loaded (LoadGen unloads them at a test's end; an aborted test may not)."""
+        while self._release is not None and self._samples:
+            self._drop(self._samples.popitem()[1])
+
+    def _drop(self, sample: np.ndarray | None) -> None:
+        if sample is None or self._release is None:
+            return
         try:
-            for idx in indices:
-                self._samples.pop(idx, None)
+            self._release(sample)
         except BaseException as err:  # noqa: BLE001 — see the class docstring
             self.errors.append(err)
 
@@ -326,7 +340,9 @@ class DetectionSUT:
         return self.completed / self.busy_s
 
     def close(self) -> None:
+        """After the test: the workers stopped, then the samples still loaded released."""
         self.pool.shutdown(wait=True)
+        self.library.close()
 
 
 WARMUP_MAX_S = 10.0  # a warm-up stops after this long (past its first inference), whatever its sample count
@@ -350,17 +366,17 @@ def warm_up(backend: Backend, load: Callable[[int], np.ndarray], count: int, sam
     The first inference always runs; later ones stop once `max_s` has passed. 0 samples: no warm-up."""
     if samples <= 0 or count <= 0:
         return Warmup()
-    inputs = [load(i) for i in range(min(samples, count))]  # loaded (and normalized) before timing starts
-    start = time.perf_counter()
-    if prime := getattr(backend, "prime", None):  # a backend of several sessions: each one's first inference
-        prime(inputs[0])
-    batch = getattr(backend, "batch_size", 1)  # a batched backend warms up on whole batches
-    done = 0
-    while done < samples:
-        infer_cycled(backend, inputs, done, batch)
-        done += batch
-        if time.perf_counter() - start >= max_s:
-            break
-    seconds = round(time.perf_counter() - start, 3)
+    with placed_samples(backend, load, min(samples, count)) as inputs:  # loaded (and normalized) before timing
+        start = time.perf_counter()
+        if prime := getattr(backend, "prime", None):  # a backend of several sessions: each one's first inference
+            prime(inputs[0])
+        batch = getattr(backend, "batch_size", 1)  # a batched backend warms up on whole batches
+        done = 0
+        while done < samples:
+            infer_cycled(backend, inputs, done, batch)
+            done += batch
+            if time.perf_counter() - start >= max_s:
+                break
+        seconds = round(time.perf_counter() - start, 3)
     log.info("warm-up: %d sample(s) in %.3f s before the timed test (untimed)", done, seconds)
     return Warmup(done, seconds)

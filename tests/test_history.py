@@ -277,7 +277,8 @@ def test_parameters_added_later_keep_old_entries_at_their_old_behaviour() -> Non
     """Runs recorded before model_precision & co. existed stay in their entry when those are at their defaults;
     a run that uses one of them is another entry."""
     defaults = {"model_precision": "fp32", "normalize_on_device": False, "samples_on_device": False,
-                "prefer_nhwc": False}
+                "prefer_nhwc": False, "pinned_host_samples": False}
     assert entry_key({**PARAMS, **defaults}) == entry_key(PARAMS)
     assert entry_key({**PARAMS, **defaults, "model_precision": "fp16"}) != entry_key(PARAMS)
     assert entry_key({**PARAMS, "samples_on_device": True}) != entry_key(PARAMS)
+    assert entry_key({**PARAMS, "pinned_host_samples": True}) != entry_key(PARAMS)

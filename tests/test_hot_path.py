@@ -1,5 +1,6 @@
-"""The hot-path options (normalize_on_device, samples_on_device, model_precision) against the plain path, on
-real onnxruntime sessions and real LoadGen runs: the same detections, the options recorded, bad values refused."""
+"""The hot-path options (normalize_on_device, samples_on_device, pinned_host_samples, model_precision) against the
+plain path, on real onnxruntime sessions and real LoadGen runs: the same detections, the options recorded, bad
+values refused, every placed sample released."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from odbench import benchmark
 from odbench.accuracy import decode_accuracy_log
 from odbench.backend import OnnxBackend
 from odbench.benchmark import run_benchmark
 from odbench.energy import EnergyMeter
 from odbench.input_prefix import device_input, with_normalization
 from odbench.models import get_spec
+from odbench.page_lock import PageLocker, PageLockError
 from odbench.params import BenchmarkParams
 from odbench.preprocess import to_model_input
 from odbench.standin import build_standin
 from odbench.storage import Storage
+from odbench.sut import SampleLibrary
 
 N = 6
 
@@ -77,6 +81,46 @@ def test_the_options_leave_every_detection_unchanged_and_are_recorded(synthetic_
     # samples_on_device is recorded as it ran: on the CPU provider the samples stay in host memory
     assert (fast.normalize_on_device, fast.samples_on_device, fast.model_precision) == (True, False, "fp32")
     assert fast.mAP == plain.mAP
+    pinned = run_benchmark(_params(synthetic_dir, pinned_host_samples=True), storage)
+    assert (Path(storage.root) / "runs" / pinned.run_id / "mlperf_log_accuracy.json").read_bytes() == logs[0]
+    assert pinned.pinned_host_samples is False  # the CPU provider copies nothing to a GPU: nothing to pin
+
+
+def test_page_locking_needs_the_cuda_runtime_in_the_process() -> None:
+    """Without onnxruntime's CUDA provider loaded (this CPU machine) there is nothing to register memory with: a
+    clear error naming the way out, not a crash."""
+    import onnxruntime  # noqa: F401 — the CPU build here: it loads no libcudart
+
+    if any("libcudart.so" in line for line in Path("/proc/self/maps").read_text().splitlines()):
+        pytest.skip("a CUDA runtime is loaded in this process: page-locking works here")
+    with pytest.raises(PageLockError, match="no CUDA runtime .* set pinned_host_samples=false"):
+        PageLocker()
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "SingleStream"])
+def test_every_placed_sample_is_released_once(synthetic_dir, tmp_path, monkeypatch, scenario) -> None:
+    """Whatever places a sample (LoadGen's loads of a buffer smaller than the set, the warm-up, the calibration
+    pass) releases it exactly once, so a page-locked sample is unregistered before its memory can go."""
+    live: dict[int, int] = {}  # id of a placed input -> times released
+    placed: list[int] = []
+
+    class Tracking(OnnxBackend):
+        def place(self, x):
+            y = super().place(x)
+            placed.append(id(y))
+            live[id(y)] = 0
+            return y
+
+        def release(self, x):
+            live[id(x)] += 1
+            super().release(x)
+
+    monkeypatch.setattr(benchmark, "OnnxBackend", Tracking)
+    storage = Storage(str(tmp_path / "store"))
+    run_benchmark(_params(synthetic_dir, loadgen_mode="Submission", loadgen_scenario=scenario,
+                          loadgen_profile="quick", loadgen_count_override=8, loadgen_buffer_size=2), storage)
+    assert len(placed) > N  # the accuracy pass's N loads, and the warm-up's, calibration's and timed test's
+    assert sorted(live.values()) == [1] * len(live)
 
 
 def test_a_timed_run_without_an_nvidia_gpu_reports_no_energy(synthetic_dir, tmp_path) -> None:
@@ -94,6 +138,9 @@ def test_a_timed_run_without_an_nvidia_gpu_reports_no_energy(synthetic_dir, tmp_
     ({"model_precision": "fp8"}, "unknown model_precision 'fp8'; use one of: fp32, fp16"),
     ({"normalize_on_device": "yes"}, "normalize_on_device='yes' is not a boolean"),
     ({"samples_on_device": 1}, "samples_on_device=1 is not a boolean"),
+    ({"pinned_host_samples": "yes"}, "pinned_host_samples='yes' is not a boolean"),
+    ({"pinned_host_samples": True, "samples_on_device": True}, "pinned_host_samples with samples_on_device"),
+    ({"pinned_host_samples": True, "batch_size": 2}, "pinned_host_samples with batch_size=2"),
 ])
 def test_bad_option_values_fail_before_any_work(synthetic_dir, override, message) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -155,3 +202,27 @@ def test_several_sessions_give_each_worker_its_own_and_the_same_detections(synth
             for r in (one, two)]  # two workers answer in their own order: compared per sample
     assert rows[0].keys() == rows[1].keys() and len(rows[0]) == N
     assert all(np.array_equal(rows[0][i], rows[1][i]) for i in rows[0]) and two.onnx_sessions == 2
+
+
+def test_the_sample_library_releases_what_it_drops() -> None:
+    """A reload of a loaded index releases the sample it replaces; `close` (after an aborted test, which LoadGen
+    may not unload) releases every sample still loaded; a failing release is recorded, not raised."""
+    released: list[int] = []
+
+    def release(x: np.ndarray) -> None:
+        if int(x[0]) == 99:
+            raise RuntimeError("cudaHostUnregister failed")
+        released.append(int(x[0]))
+
+    calls = iter(range(100))
+    library = SampleLibrary(4, lambda i: np.array([next(calls)]), workers=1, release=release)
+    library.load_samples([0, 1, 2])
+    library.load_samples([1])  # replaces the sample loaded as 1
+    library.unload_samples([0])
+    assert released == [1, 0]
+    library.close()
+    assert sorted(released) == [0, 1, 2, 3] and not library.errors
+    failing = SampleLibrary(1, lambda i: np.array([99]), release=release)
+    failing.load_samples([0])
+    failing.close()
+    assert len(failing.errors) == 1

@@ -394,7 +394,8 @@ def test_loadgens_issue_thread_drains_a_query_alongside_the_pool_when_asked(tmp_
 
 def test_a_runs_sut_drains_on_loadgens_issue_thread_in_every_scenario_but_server(synthetic_dir):
     """Server's issue thread must return at once (its arrivals are scheduled); the others wait for each answer."""
-    bench = _Bench(_params(synthetic_dir, loadgen_concurrency=2), RETINANET, model=None, backend=None,
+    backend = OnnxBackend(build_standin(RETINANET), RETINANET, "cpu")
+    bench = _Bench(_params(synthetic_dir, loadgen_concurrency=2), RETINANET, model=None, backend=backend,
                    load=lambda i: None, count=N, annotations={})
     drains = {scenario: bench.sut(scenario) for scenario in SCENARIOS}
     assert {s: sut.drain_on_issue_thread for s, sut in drains.items()} == {s: s != "Server" for s in SCENARIOS}
