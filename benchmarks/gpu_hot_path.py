@@ -25,7 +25,7 @@ import argparse
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -132,7 +132,7 @@ class Setup:
                               samples_on_device=variant.samples_on_device, prefer_nhwc=variant.prefer_nhwc,
                               sessions=variant.onnx_sessions, batch_size=variant.batch_size,
                               pinned_host_samples=variant.pinned_host_samples)
-        inputs = [backend.place(self.sample(image, variant)) for image in self.images]  # pinned for the process
+        inputs = [backend.place(self.sample(image, variant)) for image in self.images]  # pinned while backend lives
         backend.prime(inputs[0])  # every session's first inference
         for i in range(WARMUP):  # cuDNN autotuning and allocations before anything is timed
             backend.infer(inputs[i % len(inputs)])
@@ -207,7 +207,7 @@ def agreement_rows(setup: Setup) -> list[Row]:
     return rows
 
 
-def alternated(steps: Mapping[str, Callable[[], T]], rounds: int) -> list[dict[str, T]]:
+def alternated(steps: dict[str, Callable[[], T]], rounds: int) -> list[dict[str, T]]:
     """Each step once per round, every other round in the opposite order so drift favours none: each round's results
     by step name."""
     return [{name: steps[name]() for name in (reversed(steps) if k % 2 else steps)} for k in range(rounds)]
@@ -283,12 +283,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="about how long each measurement runs")
     parser.add_argument("--small", action="store_true", help="the small stand-ins instead of the full-size ones")
     parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
-                        help="only the harness-vs-bare ratios at equal options (no option; best), alternated ROUNDS "
-                             "times")
+                        help="only the harness-vs-bare ratios at equal options (no option; pinned host samples on "
+                             "CUDA; best), alternated ROUNDS times (at least 1)")
     parser.add_argument("--candidates", action="store_true",
                         help="only each model's CANDIDATES for the best mix (batching, postprocess_on_cpu, more in "
                              "flight), the last one also paired; the bare fp32 loop first and last")
     args = parser.parse_args()
+    if args.paired < 0:
+        parser.error(f"--paired {args.paired}: rounds must be at least 1 (0: the full table)")
     import onnxruntime
 
     speed: list[Row] = []

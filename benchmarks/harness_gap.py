@@ -168,10 +168,11 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int) -> lis
     name = f"{variant.label}; median of {rounds}"
     ratio = m["off_harness_rate"] / m["off_bare_rate"]
     return [
-        (setup.label, name, "SingleStream p50 / p90 ms: bare main thread | the same encoding rows | bare pool thread "
-         "| harness", " | ".join(f"{m[f'ss_{where}_p50']:.3f} / {m[f'ss_{where}_p90']:.3f}" for where in SS_SIDES),
+        (setup.label, name,
+         "SingleStream p50 / p90 ms: bare main thread | the same encoding rows | bare pool thread | harness",
+         " | ".join(f"{m[f'ss_{where}_p50']:.3f} / {m[f'ss_{where}_p90']:.3f}" for where in SS_SIDES),
          f"harness − main {m['ss_harness_p90'] - m['ss_main_p90']:+.3f} ms at p90, rows − main "
-         f"{m['ss_rows_p90'] - m['ss_main_p90']:+.3f}"),
+         f"{m['ss_rows_p90'] - m['ss_main_p90']:+.3f} ms"),
         (setup.label, name, "SingleStream p90 ms inside infer: main | rows | pool | harness",
          " | ".join(f"{m[f'ss_{where}_infer_p90']:.3f}" for where in SS_SIDES),
          f"harness − main {m['ss_harness_infer_p90'] - m['ss_main_infer_p90']:+.3f} ms"),
@@ -180,9 +181,10 @@ def rows_for(setup: Setup, variant: Variant, seconds: float, rounds: int) -> lis
         (setup.label, name, "Offline mean ms per engine call: bare | harness",
          f"{m['off_bare_call_ms']:.3f} | {m['off_harness_call_ms']:.3f}",
          f"harness / bare {m['off_harness_call_ms'] / m['off_bare_call_ms']:.3f}"),
-        *[(setup.label, name, f"Offline µs per sample outside the engine, summed over threads, {side}: before first "
-           "| between | after last | beyond the span | total", " | ".join(f"{m[f'off_{side}_{part}']:.1f}"
-                                                                  for part in PARTS), "")
+        *[(setup.label, name,
+           (f"Offline µs per sample outside the engine, summed over threads, {side}: before first | between | "
+            "after last | beyond the span | total"),
+           " | ".join(f"{m[f'off_{side}_{part}']:.1f}" for part in PARTS), "")
           for side in ("bare", "harness")],
     ]
 

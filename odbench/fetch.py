@@ -36,7 +36,7 @@ from odbench.limits import LimitExceededError, Limits
 from odbench.progress import ProgressFactory, log_progress_factory
 from odbench.redact import redact_text, redact_url
 from odbench.retry import TransientError, is_transient, retrying
-from odbench.storage import STAGING_DIR, Storage, safe_rel
+from odbench.storage import RESUME_DIR, STAGING_DIR, Storage, safe_rel
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -44,7 +44,6 @@ CHUNK = 1 << 20
 CHANGE_STAMPS = ("mtime", "LastModified", "last_modified", "Last-Modified", "ETag", "etag", "Content-MD5",
                  "Digest", "md5Hash", "updated", "created")
 LOG_PROGRESS_ABOVE = 16 << 20  # bytes: smaller files are fetched silently
-RESUME_DIR = ".resume"  # <kind>/.resume/<md5 of URL and expected md5>.part: partial downloads
 RESUME_KEEP_S = 7 * 86400  # a partial download nobody resumed for a week is removed
 HTTP_CONNECT_TIMEOUT_S = 30
 HTTP_READ_TIMEOUT_S = 120  # no byte for this long: the connection counts as dropped (and is retried)

@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from odbench.cache_keys import PREFIX, record_prefix
-from odbench.fetch import RESUME_DIR
 from odbench.models import ALIASES
-from odbench.storage import STAGING_DIR, Storage, is_temporary
+from odbench.storage import RESUME_DIR, STAGING_DIR, Storage, is_temporary
 
 Kind = Literal["sources", "preprocessed", "models", "datasets", "synthetic", "runs", "history", "cache-records"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -290,7 +289,7 @@ def _record_name(rel: str) -> str:
 def _pointing_prefix(item: StoredItem) -> str | None:
     """The prefix of the cache records that point at an item's files (all of the step's where its
     selector is unknown); None for kinds no record points at."""
-    if item.kind not in _POINTERS:
+    if item.kind not in _POINTERS or item.rel.split("/")[1] in _FETCH_LEFTOVERS:  # no record points at leftovers
         return None
     step, selector = _POINTERS[item.kind]
     value = getattr(item, selector) if selector else None

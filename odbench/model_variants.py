@@ -30,10 +30,17 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 def converter_digest() -> str:
-    """The fp16 converter's own source: a changed converter makes a new model."""
-    from odbench import fp16
+    """The fp16 converter's source (with the graph helpers it uses): a changed converter makes a new model."""
+    from odbench import fp16, onnx_graph
 
-    return _source_digest(fp16)
+    return _source_digest(fp16, onnx_graph)
+
+
+def agreement_digest() -> str:
+    """The agreement measurement's source: an fp16 run's cached result carries the agreement it measured."""
+    from odbench import precision
+
+    return _source_digest(precision)
 
 
 def rewriter_digest() -> str:

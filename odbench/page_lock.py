@@ -66,6 +66,14 @@ class PageLocker:
         for x in held:
             self._cudart.cudaHostUnregister(ctypes.c_void_p(x.ctypes.data))
 
+    def __del__(self) -> None:
+        """Unregister whatever is still held before the arrays can be freed: a freed range the runtime still counts
+        as registered makes later copies from memory reusing it fail ("invalid argument")."""
+        try:
+            self.unlock_all()
+        except Exception:  # noqa: BLE001 — at interpreter exit the runtime may already be gone
+            pass
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._held)

@@ -171,8 +171,8 @@ class BenchmarkParams:
         if count > allowed:
             raise bounds.ParameterRangeError(
                 f"{self._buffer_setting()} keeps {count} samples of {sample / 1e6:.1f} MB "
-                f"({count * sample / 1e9:.1f} GB) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
-                f"{ram / 1e9:.1f} GB of memory: use loadgen_buffer_size={max(1, allowed)} or less")
+                f"({_size(count * sample)}) loaded, more than {BUFFER_RAM_SHARE:.0%} of this machine's "
+                f"{_size(ram)} of memory: use loadgen_buffer_size={max(1, allowed)} or less")
 
     def check_device_buffer(self, free_bytes: int) -> None:
         """With samples_on_device, the loaded samples live in GPU memory: they must fit in part of what is free
@@ -183,8 +183,9 @@ class BenchmarkParams:
             fix = f"use loadgen_buffer_size={allowed} or less, or " if allowed else ""
             raise bounds.ParameterRangeError(
                 f"samples_on_device with {self._buffer_setting()} keeps {count} samples of {sample / 1e6:.1f} MB "
-                f"({count * sample / 1e9:.1f} GB) in GPU memory, more than {DEVICE_BUFFER_SHARE:.0%} of the "
-                f"{free_bytes / 1e9:.1f} GB free there: {fix}set samples_on_device=false")
+                f"({_size(count * sample)}) in GPU memory, more than {DEVICE_BUFFER_SHARE:.0%} of the "
+                f"{_size(free_bytes)} free there: {fix}set samples_on_device=false (pinned_host_samples=true keeps "
+                "them in host memory, page-locked)")
 
     def _loaded_count(self) -> int:
         return self.loadgen_config.performance_count(self.loadgen_dataset_size)
@@ -225,3 +226,8 @@ def physical_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _size(n: int) -> str:
+    """Bytes for a message: GB from 1 GB, else MB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

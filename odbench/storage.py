@@ -61,6 +61,7 @@ DEFAULT_STORAGE_ENV = "ODBENCH_STORAGE_URL"
 STALE_TEMPORARY_S = 3600  # an unmodified temporary older than this belongs to a writer that is gone
 ORPHAN_TEMPORARY_S = 300  # ... and one this old whose writer (on this host) has exited
 STAGING_DIR = ".staging"  # <kind>/.staging/<uuid>-<name>: fetched files before they move to their content path
+RESUME_DIR = ".resume"  # <kind>/.resume/<md5 of URL and expected md5>.part: partial downloads (odbench/fetch.py)
 HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
 _WRITER = re.compile(r"\.partial-(?P<host>[A-Za-z0-9.-]+)~(?P<pid>\d+)~")
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from odbench.cache_keys import cache_key
 from odbench.dataset import DatasetManifest
 from odbench.machine import accelerator
 from odbench.model_store import StoredModel
-from odbench.model_variants import converter_digest, rewriter_digest
+from odbench.model_variants import agreement_digest, converter_digest, rewriter_digest
 from odbench.params import BenchmarkParams
 from odbench.preprocess import PREPROCESS_VERSION
 from odbench.redact import redact_text, redact_url
@@ -47,7 +47,7 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
                      params.samples_on_device, params.pinned_host_samples, params.prefer_nhwc, params.onnx_sessions,
                      params.batch_size,
                      params.postprocess_on_cpu,
-                     converter_digest() if params.model_precision != "fp32" else None,
+                     (converter_digest(), agreement_digest()) if params.model_precision != "fp32" else None,
                      rewriter_digest() if _rewritten(params) else None, _engine(params.execution_device))
 
 

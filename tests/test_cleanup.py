@@ -167,6 +167,13 @@ def test_plan_takes_the_cache_records_that_point_at_the_selection(tree, filters,
     assert sorted(item.rel for item in plan.records) == [f"prefect-results/{name}" for name in records]
 
 
+def test_fetch_leftovers_take_no_cache_record(tree):
+    """Staged files and partial downloads are pointed at by no record: removing them keeps every model record."""
+    leftovers = [item for item in inventory(tree) if item.rel in ("models/.staging", "models/.resume")]
+    plan = plan_removal(tree, leftovers)
+    assert len(plan.items) == 2 and plan.records == () and plan.prefixes == ()
+
+
 def test_a_run_of_unknown_model_takes_every_inference_record(tree):
     tree.remove(f"runs/{RUN_B}/user.conf")
     tree.write_bytes("runs/odd-name/user.conf", b"x")

@@ -55,7 +55,7 @@ def _independent_map(accuracy_log: Path, annotation_file: Path, use_inv_map: boo
 
 
 def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_dir: Path, images: list[dict]):
-    """Preprocess each image and encode the stand-in's outputs as MLPerf's reference does for
+    """Preprocess each image and encode the model's outputs as MLPerf's reference does for
     ssd-resnet34 (PostProcessCocoOnnx: the model's own labels 1..80 as floats), independently of
     odbench, and compare with the accuracy log's rows."""
     import cv2

@@ -284,8 +284,9 @@ def test_samples_on_device_must_fit_in_the_gpus_free_memory():
                              loadgen_buffer_size=10)
     params.check_device_buffer(10**9)
     with pytest.raises(bounds.ParameterRangeError, match=re_escape(
-            "samples_on_device with loadgen_buffer_size=10 keeps 10 samples of 7.7 MB (0.1 GB) in GPU memory, more "
-            "than 80% of the 0.1 GB free there: use loadgen_buffer_size=5 or less, or set samples_on_device=false")):
+            "samples_on_device with loadgen_buffer_size=10 keeps 10 samples of 7.7 MB (77 MB) in GPU memory, more "
+            "than 80% of the 50 MB free there: use loadgen_buffer_size=5 or less, or set samples_on_device=false "
+            "(pinned_host_samples=true keeps them in host memory, page-locked)")):
         params.check_device_buffer(50 * 10**6)
     with pytest.raises(bounds.ParameterRangeError, match="free there: set samples_on_device=false"):
         params.check_device_buffer(10**6)
