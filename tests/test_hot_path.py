@@ -226,3 +226,27 @@ def test_the_sample_library_releases_what_it_drops() -> None:
     failing.load_samples([0])
     failing.close()
     assert len(failing.errors) == 1
+
+
+def test_samples_that_would_not_fit_in_gpu_memory_fail_the_run_before_any_is_loaded(synthetic_dir, tmp_path,
+                                                                                    monkeypatch) -> None:
+    """The run asks NVML for the GPU's free memory once the model is loaded, and refuses a buffer that would not
+    fit before LoadGen loads a sample. No GPU here: the backend claims CUDA placement and NVML says 10 MB free."""
+    placed: list[int] = []
+
+    class OnCuda(OnnxBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.input_device = "cuda"
+
+        def place(self, x):
+            placed.append(1)
+            return super().place(x)
+
+    monkeypatch.setattr(benchmark, "OnnxBackend", OnCuda)
+    monkeypatch.setattr(benchmark, "free_device_memory", lambda: 10 * 10**6)
+    with pytest.raises(ValueError, match=r"samples_on_device with loadgen_buffer_size=4 keeps 4 samples .* "
+                                         r"the 10 MB free there: use loadgen_buffer_size=1 or less"):
+        run_benchmark(_params(synthetic_dir, samples_on_device=True, loadgen_buffer_size=4),
+                      Storage(str(tmp_path / "store")))
+    assert placed == []
