@@ -109,8 +109,8 @@ def _totals(items: list[StoredItem]) -> list[str]:
         by_kind[item.kind].append(item)
     lines = [_total(kind, group) for kind, group in by_kind.items()]
     incomplete = sum(item.partial for item in items)
-    note = [f"{incomplete} incomplete file(s) (.partial-*, .staging/, .resume/): interrupted writes and downloads, "
-            "trusted by no run"]
+    note = [(f"{incomplete} incomplete file(s) (.partial-*, .staging/, .resume/): interrupted writes and downloads, "
+             "trusted by no run")]
     return [*lines, _total("total", items), *(note if incomplete else [])]
 
 

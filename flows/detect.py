@@ -159,10 +159,11 @@ def detect(
             of the bytes) and let a prefix in the graph normalize it on the accelerator; same model input.
         samples_on_device: LoadGen's untimed sample load copies each sample into accelerator memory, and
             inference reads it there (onnxruntime IO binding): no host-to-device copy is timed.
-        pinned_host_samples: CUDA, with samples in host memory: LoadGen's untimed sample load page-locks each
-            sample (cudaHostRegister), so its timed copy to the GPU is direct DMA (docs/performance.md: lower
-            SingleStream latency, more throughput at one in flight). Not with samples_on_device or batch_size > 1;
-            no effect on the CPU provider. The result says whether it applied.
+        pinned_host_samples: On a GPU provider (CUDA, TensorRT), with samples in host memory: LoadGen's untimed
+            sample load page-locks each sample (cudaHostRegister), so its timed copy to the GPU is direct DMA
+            (docs/performance.md: lower SingleStream latency, more throughput at one in flight). Not with
+            samples_on_device or batch_size > 1; ignored (with a warning) on the CPU provider. The result says
+            whether it applied.
         prefer_nhwc: CUDA: run the convolutions in NHWC layout (onnxruntime's prefer_nhwc; faster cuDNN
             kernels on an H200, docs/performance.md); no effect on the CPU provider.
         onnx_sessions: onnxruntime sessions of the model, each with its own CUDA stream; the SUT's workers

@@ -55,7 +55,8 @@ class Backend(Protocol):
         ...
 
     def release(self, x: Any) -> None:
-        """Undo what `place` did that outlives the input (a page lock), once it is no longer used."""
+        """Undo what `place` did that outlives the input (a page lock), once it is no longer used. (An engine that
+        places nothing may leave it out: `placed_samples` then releases nothing.)"""
         ...
 
     def infer(self, x: Any) -> Detections:
@@ -99,7 +100,8 @@ def placed_samples(backend: Backend, load: Callable[[int], Any], count: int) -> 
     inputs: list[Any] = []
     release = getattr(backend, "release", None)  # an engine that places nothing (a test's) has nothing to undo
     try:
-        inputs += (load(i) for i in range(count))
+        for i in range(count):
+            inputs.append(load(i))  # one at a time: a failed load still releases those placed before it
         yield inputs
     finally:
         for x in inputs if release else ():
@@ -167,7 +169,10 @@ class OnnxBackend:
         self.input_device = "cuda" if samples_on_device and self.on_gpu else "cpu"
         self.samples_on_device = samples_on_device
         pin = pinned_host_samples and self.on_gpu and self.input_device == "cpu"
-        self._pinned = PageLocker() if pin else None  # no CUDA copy to speed up elsewhere
+        if pinned_host_samples and not pin:
+            log.warning("pinned_host_samples: ignored, %s", "samples_on_device keeps the samples on the GPU"
+                        if samples_on_device else f"{self.providers[0]} copies nothing to a GPU")
+        self._page_locker = PageLocker() if pin else None
         self.batch_size = batch_size
 
     def _check_provider(self, execution_device: str, wanted: list[str]) -> None:
@@ -186,14 +191,14 @@ class OnnxBackend:
     @property
     def pinned_host_samples(self) -> bool:
         """Whether `place` page-locks samples (asked for, on a CUDA provider, samples in host memory)."""
-        return self._pinned is not None
+        return self._page_locker is not None
 
     def place(self, x: np.ndarray) -> Any:
         """A model input where inference reads it: with samples_on_device, an onnxruntime value in the
         accelerator's memory (copied once, in LoadGen's untimed load step); with pinned_host_samples, `x`
         page-locked until `release`; else `x` itself."""
-        if self._pinned is not None:
-            return self._pinned.lock(x)
+        if self._page_locker is not None:
+            return self._page_locker.register(x)
         if not self.samples_on_device:
             return x
         import onnxruntime as ort
@@ -202,8 +207,8 @@ class OnnxBackend:
 
     def release(self, x: Any) -> None:
         """Undo what `place` did that outlives the sample (a page lock), before its memory can be freed."""
-        if self._pinned is not None:
-            self._pinned.unlock(x)
+        if self._page_locker is not None:
+            self._page_locker.unregister(x)
 
     def _thread_session(self) -> Any:
         """The session of the calling thread: taken in turn at its first inference, then kept."""

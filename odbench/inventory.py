@@ -216,7 +216,7 @@ def _group(rel: str) -> tuple[str, str] | None:
         return None
     if kind == "cache-records":
         return kind, _record_group(rel)
-    if parts[1] in _FETCH_LEFTOVERS:  # one item per kind, whatever the kind's depth: it names no model
+    if _fetch_leftover(rel):  # one item per kind, whatever the kind's depth: it names no model
         return kind, "/".join(parts[:2])
     return kind, "/".join(parts[:_DEPTH[kind]])
 
@@ -236,6 +236,11 @@ def _item(kind: str, rel: str, members: list[_File], run_models: dict[str, str],
     paths = tuple(sorted(f.rel for f in members)) if rel.endswith("*") else ()
     return StoredItem(kind, rel, model, resolution, len(members), sum(f.size for f in members), newest,
                       sum(map(_incomplete, (f.rel for f in members))), paths)
+
+
+def _fetch_leftover(rel: str) -> bool:
+    """Whether a path lies in a kind's `.staging/` or `.resume/` folder."""
+    return rel.split("/")[1:2] in ([STAGING_DIR], [RESUME_DIR])
 
 
 def _incomplete(rel: str) -> bool:
@@ -289,7 +294,7 @@ def _record_name(rel: str) -> str:
 def _pointing_prefix(item: StoredItem) -> str | None:
     """The prefix of the cache records that point at an item's files (all of the step's where its
     selector is unknown); None for kinds no record points at."""
-    if item.kind not in _POINTERS or item.rel.split("/")[1] in _FETCH_LEFTOVERS:  # no record points at leftovers
+    if item.kind not in _POINTERS or _fetch_leftover(item.rel):  # no record points at a fetch's leftovers
         return None
     step, selector = _POINTERS[item.kind]
     value = getattr(item, selector) if selector else None

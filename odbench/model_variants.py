@@ -37,10 +37,11 @@ def converter_digest() -> str:
 
 
 def agreement_digest() -> str:
-    """The agreement measurement's source: an fp16 run's cached result carries the agreement it measured."""
-    from odbench import precision
+    """The agreement measurement's source (with the graph helpers it uses): an fp16 run's cached result carries
+    the agreement it measured."""
+    from odbench import onnx_graph, precision
 
-    return _source_digest(precision)
+    return _source_digest(precision, onnx_graph)
 
 
 def rewriter_digest() -> str:

@@ -98,9 +98,11 @@ class SampleLibrary:
             self._drop(self._samples.pop(idx, None))
 
     def close(self) -> None:
-        """Release every sample still loaded (LoadGen unloads them at a test's end; an aborted test may not)."""
-        while self._release is not None and self._samples:
-            self._drop(self._samples.popitem()[1])
+        """Drop and release every sample still loaded (LoadGen unloads them at a test's end; an aborted test may
+        not)."""
+        samples, self._samples = list(self._samples.values()), {}
+        for sample in samples:
+            self._drop(sample)
 
     def _drop(self, sample: np.ndarray | None) -> None:
         if sample is None or self._release is None:
@@ -341,8 +343,10 @@ class DetectionSUT:
 
     def close(self) -> None:
         """After the test: the workers stopped, then the samples still loaded released."""
-        self.pool.shutdown(wait=True)
-        self.library.close()
+        try:
+            self.pool.shutdown(wait=True)
+        finally:
+            self.library.close()
 
 
 WARMUP_MAX_S = 10.0  # a warm-up stops after this long (past its first inference), whatever its sample count

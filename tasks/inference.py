@@ -45,8 +45,7 @@ def _inference_key(_: TaskRunContext, p: dict) -> str | None:
                      repr(params.loadgen_config), params.cpu_threads, params.loadgen_concurrency,
                      params.tolerate_bad_outputs, params.model_precision, params.normalize_on_device,
                      params.samples_on_device, params.pinned_host_samples, params.prefer_nhwc, params.onnx_sessions,
-                     params.batch_size,
-                     params.postprocess_on_cpu,
+                     params.batch_size, params.postprocess_on_cpu,
                      (converter_digest(), agreement_digest()) if params.model_precision != "fp32" else None,
                      rewriter_digest() if _rewritten(params) else None, _engine(params.execution_device))
 

@@ -120,7 +120,7 @@ def test_free_device_memory_is_the_visible_boards_and_none_where_nvml_cannot_say
 
 
 def test_free_device_memory_is_none_without_a_driver() -> None:
-    """This machine's own NVML, unfaked: without an NVIDIA driver it has nothing to say (and raises nothing)."""
-    if Path("/dev/nvidiactl").exists():
-        pytest.skip("an NVIDIA driver is here: the free memory is measured (read 150.1 GB free on the H200)")
-    assert free_device_memory() is None
+    """This machine's own NVML, unfaked: without an NVIDIA driver it has nothing to say (and raises nothing); with
+    one, free bytes or nothing (no visible board)."""
+    found = free_device_memory()
+    assert found is None if not Path("/dev/nvidiactl").exists() else (found is None or found > 0)

@@ -76,7 +76,7 @@ def _assert_log_is_the_models_output(accuracy_log: Path, model_file: Path, coco_
         assert logged[idx].shape == expected.shape  # an image without objects is answered with none
         np.testing.assert_allclose(logged[idx], expected, atol=1e-4)
         answered += len(expected)
-    assert answered > len(images)  # detections to compare, not a log of empty answers
+    assert answered > 0  # detections to compare, not a log of empty answers
 
 
 def test_cli_json_matches_an_independent_scoring_and_repeats_cached(tmp_path, coco_dir, prefect_db_template):

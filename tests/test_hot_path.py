@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from odbench.benchmark import run_benchmark
 from odbench.energy import EnergyMeter
 from odbench.input_prefix import device_input, with_normalization
 from odbench.models import get_spec
+from odbench.page_lock import PageLocker, PageLockError
 from odbench.params import BenchmarkParams
 from odbench.preprocess import to_model_input
 from odbench.standin import build_standin
@@ -100,33 +102,35 @@ def test_page_locking_needs_the_cuda_runtime_in_the_process() -> None:
     if "loaded" in done.stderr:
         pytest.skip("onnxruntime loads a CUDA runtime at import on this machine: page-locking can work here")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert re.search("no CUDA runtime .* set pinned_host_samples=false", done.stdout), done.stdout
+    assert re.search("no usable CUDA runtime .* set pinned_host_samples=false", done.stdout), done.stdout
 
 
-@pytest.mark.parametrize("scenario", ["Offline", "SingleStream"])
+@pytest.mark.parametrize("scenario", ["Offline", "SingleStream", "Server"])
 def test_every_placed_sample_is_released_once(synthetic_dir, tmp_path, monkeypatch, scenario) -> None:
     """Whatever places a sample (LoadGen's loads of a buffer smaller than the set, the warm-up, the calibration
-    pass) releases it exactly once, so a page-locked sample is unregistered before its memory can go."""
-    live: dict[int, int] = {}  # id of a placed input -> times released
-    placed: list[int] = []
+    pass: Server's runs even with a query count) releases it exactly once, so a page-locked sample is unregistered
+    before its memory can go."""
+    placed: list = []  # every placed input, kept alive so that no two share an id
+    released: dict[int, int] = {}  # id of a placed input -> times released
 
     class Tracking(OnnxBackend):
         def place(self, x):
             y = super().place(x)
-            placed.append(id(y))
-            live[id(y)] = 0
+            placed.append(y)
+            released[id(y)] = 0
             return y
 
         def release(self, x):
-            live[id(x)] += 1
+            released[id(x)] += 1
             super().release(x)
 
     monkeypatch.setattr(benchmark, "OnnxBackend", Tracking)
-    storage = Storage(str(tmp_path / "store"))
-    run_benchmark(_params(synthetic_dir, loadgen_mode="Submission", loadgen_scenario=scenario,
-                          loadgen_profile="quick", loadgen_count_override=8, loadgen_buffer_size=2), storage)
+    result = run_benchmark(_params(synthetic_dir, loadgen_mode="Submission", loadgen_scenario=scenario,
+                                   loadgen_profile="quick", loadgen_count_override=8, loadgen_buffer_size=2),
+                           Storage(str(tmp_path / "store")))
+    assert (result.calibration is not None) == (scenario == "Server")
     assert len(placed) > N  # the accuracy pass's N loads, and the warm-up's, calibration's and timed test's
-    assert sorted(live.values()) == [1] * len(live)
+    assert sorted(released.values()) == [1] * len(placed)
 
 
 def test_a_timed_run_without_an_nvidia_gpu_reports_no_energy(synthetic_dir, tmp_path) -> None:
@@ -256,3 +260,65 @@ def test_samples_that_would_not_fit_in_gpu_memory_fail_the_run_before_any_is_loa
         run_benchmark(_params(synthetic_dir, samples_on_device=True, loadgen_buffer_size=4),
                       Storage(str(tmp_path / "store")))
     assert placed == []
+
+
+class _FakeRuntime:
+    """The two CUDA runtime calls PageLocker makes, on a table of registered ranges (no GPU here): overlapping
+    registrations fail as the runtime's do (error 712), unregistering an unknown address fails (error 1)."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[int, int] = {}
+        self.calls = 0
+
+    def cudaHostRegister(self, ptr, size, flags) -> int:
+        start, end = ptr.value, ptr.value + size.value
+        self.calls += 1
+        if any(start < s + n and s < end for s, n in self.ranges.items()):
+            return 712
+        self.ranges[start] = size.value
+        return 0
+
+    def cudaHostUnregister(self, ptr) -> int:
+        return 0 if self.ranges.pop(ptr.value, None) is not None else 1
+
+    def cudaGetErrorString(self, status: int) -> bytes:
+        return {712: b"part or all of the requested memory range is already mapped"}.get(status, b"other")
+
+
+def test_a_page_lock_is_undone_once_for_the_array_it_was_given_to() -> None:
+    """register/unregister pair up per array (not per address: a view of a registered array unlocks nothing), a
+    non-contiguous sample is registered as the contiguous copy it returns, threads share one locker, and what is
+    still held when the locker goes is unregistered first."""
+    runtime = _FakeRuntime()
+    locker = PageLocker(runtime)
+    a = locker.register(np.zeros((1, 3, 8, 8), np.float32))
+    locker.unregister(a[0])  # a view with the same address: not the array registered
+    assert len(locker) == 1 and len(runtime.ranges) == 1
+    with pytest.raises(PageLockError, match="already mapped .*CUDA error 712.*page-locked already"):
+        locker.register(a)
+    locker.unregister(a)
+    locker.unregister(a)  # the second time: nothing held, nothing called
+    assert len(locker) == 0 and runtime.ranges == {}
+    strided = np.zeros((8, 8), np.float32)[:, ::2]
+    copy = locker.register(strided)
+    assert copy is not strided and copy.flags.c_contiguous
+    locker.unregister(strided)  # the caller must give back what register returned
+    assert len(locker) == 1
+    arrays = [np.full(1000, i, np.float32) for i in range(64)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        registered = list(pool.map(locker.register, arrays))
+        list(pool.map(locker.unregister, registered[:32]))
+    assert len(locker) == 1 + 32 and len(runtime.ranges) == 33
+    del locker
+    assert runtime.ranges == {}  # unregistered before the arrays it held could be freed
+
+
+def test_an_unregister_the_runtime_refuses_is_an_error_the_sample_library_records() -> None:
+    runtime = _FakeRuntime()
+    locker = PageLocker(runtime)
+    x = locker.register(np.zeros(16, np.float32))
+    runtime.ranges.clear()  # the runtime forgot it (a reset device): unregistering fails
+    library = SampleLibrary(1, lambda i: x, workers=1, release=locker.unregister)
+    library.load_samples([0])
+    library.close()
+    assert len(library.errors) == 1 and "cudaHostUnregister failed" in str(library.errors[0])
