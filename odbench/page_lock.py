@@ -64,6 +64,7 @@ class PageLocker:
         x = np.ascontiguousarray(x)
         status = self._cudart.cudaHostRegister(ctypes.c_void_p(x.ctypes.data), ctypes.c_size_t(x.nbytes), 0)
         if status != 0:
+            self._cudart.cudaGetLastError()  # clear it: the runtime would report it again at a later call's check
             raise PageLockError(self._registration_failed(status, x.nbytes))
         with self._guard:
             self._held[x.ctypes.data] = x
@@ -75,6 +76,7 @@ class PageLocker:
             address = x.ctypes.data if isinstance(x, np.ndarray) else None
             held = self._held.pop(address) if address in self._held and self._held[address] is x else None
         if held is not None and (status := self._unregister(held)) != 0:
+            self._cudart.cudaGetLastError()
             raise PageLockError(f"cudaHostUnregister failed: {self._describe(status)}")
 
     def unregister_all(self) -> None:

@@ -281,6 +281,9 @@ class _FakeRuntime:
     def cudaHostUnregister(self, ptr) -> int:
         return 0 if self.ranges.pop(ptr.value, None) is not None else 1
 
+    def cudaGetLastError(self) -> int:
+        return 0
+
     def cudaGetErrorString(self, status: int) -> bytes:
         return {712: b"part or all of the requested memory range is already mapped"}.get(status, b"other")
 
