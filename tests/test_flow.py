@@ -224,3 +224,21 @@ def test_flow_takes_the_axs_aliases_and_rejects_a_contradiction(prefect_api, tmp
         assert ours in described[alias]["description"]
     for name in ("loadgen_min_query_count", "loadgen_max_query_count"):
         assert "LoadGen's " + name.removeprefix("loadgen_") in described[name]["description"]
+
+
+def test_every_benchmark_parameter_is_a_described_flow_parameter_with_the_same_default():
+    """The detect flow builds BenchmarkParams from its own arguments by name: each field must be a flow parameter
+    (else a run fails at its start), with the field's default and an `Args:` description (the UI form's text)."""
+    from dataclasses import MISSING, fields
+
+    from flows.detect import detect
+
+    from odbench.params import BenchmarkParams
+
+    described = detect.parameters.properties
+    defaults = BenchmarkParams()
+    for field in fields(BenchmarkParams):
+        assert field.name in described, f"{field.name} is not a parameter of the detect flow"
+        assert described[field.name].get("description"), f"{field.name} has no Args: description"
+        if field.default is not MISSING:
+            assert described[field.name].get("default") == getattr(defaults, field.name), field.name
