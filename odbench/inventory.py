@@ -216,7 +216,7 @@ def _group(rel: str) -> tuple[str, str] | None:
         return None
     if kind == "cache-records":
         return kind, _record_group(rel)
-    if _fetch_leftover(rel):  # one item per kind, whatever the kind's depth: it names no model
+    if _fetch_folder(rel):  # one item per kind, whatever the kind's depth: it names no model
         return kind, "/".join(parts[:2])
     return kind, "/".join(parts[:_DEPTH[kind]])
 
@@ -238,14 +238,15 @@ def _item(kind: str, rel: str, members: list[_File], run_models: dict[str, str],
                       sum(map(_incomplete, (f.rel for f in members))), paths)
 
 
-def _fetch_leftover(rel: str) -> bool:
-    """Whether a path lies in a kind's `.staging/` or `.resume/` folder."""
-    return rel.split("/")[1:2] in ([STAGING_DIR], [RESUME_DIR])
+def _fetch_folder(rel: str) -> str | None:
+    """The fetch leftovers' folder (`.staging`, `.resume`) a path lies in, right under its kind; None if none."""
+    folder = rel.split("/")[1:2]
+    return folder[0] if folder and folder[0] in _FETCH_LEFTOVERS else None
 
 
 def _incomplete(rel: str) -> bool:
     """An interrupted write, or a partial download a later fetch may resume: a file no run trusts."""
-    return is_temporary(rel) or f"/{RESUME_DIR}/" in f"/{rel}"
+    return is_temporary(rel) or _fetch_folder(rel) == RESUME_DIR
 
 
 def _selectors(kind: str, rel: str, run_models: dict[str, str]) -> tuple[str | None, int | None]:
@@ -294,7 +295,7 @@ def _record_name(rel: str) -> str:
 def _pointing_prefix(item: StoredItem) -> str | None:
     """The prefix of the cache records that point at an item's files (all of the step's where its
     selector is unknown); None for kinds no record points at."""
-    if item.kind not in _POINTERS or _fetch_leftover(item.rel):  # no record points at a fetch's leftovers
+    if item.kind not in _POINTERS or _fetch_folder(item.rel):  # no record points at a fetch's leftovers
         return None
     step, selector = _POINTERS[item.kind]
     value = getattr(item, selector) if selector else None
